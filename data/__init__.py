@@ -1,0 +1,1 @@
+"""Shipped data (installed as `workbench.data`): the two-domain corpus, its tokenizer and the demo models."""

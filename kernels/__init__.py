@@ -1,0 +1,1 @@
+"""Triton kernels, each beside its torch reference and a dispatcher (installed as `workbench.kernels`)."""

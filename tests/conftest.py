@@ -1,0 +1,93 @@
+"""Shared fixtures: tiny random checkpoints that the tests write themselves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MixtralConfig,
+    MixtralForCausalLM,
+    PreTrainedTokenizerFast,
+)
+
+from workbench.paths import corpus_dir
+
+EOS = "<|endoftext|>"
+
+
+def corpus_tokenizer() -> PreTrainedTokenizerFast:
+    return PreTrainedTokenizerFast(
+        tokenizer_file=str(corpus_dir() / "tokenizer.json"),
+        bos_token=EOS,
+        eos_token=EOS,
+        unk_token=EOS,
+        pad_token=EOS,
+    )
+
+
+def write_checkpoint(folder: Path, kind: str, seed: int = 0) -> Path:
+    """Write a tiny random Hugging Face checkpoint (gpt2 | llama | mixtral) with the corpus tokenizer."""
+    torch.manual_seed(seed)
+    common = dict(vocab_size=4096, bos_token_id=0, eos_token_id=0)
+    if kind == "gpt2":
+        model = GPT2LMHeadModel(
+            GPT2Config(
+                n_positions=64,
+                n_embd=32,
+                n_layer=2,
+                n_head=4,
+                n_inner=64,
+                activation_function="relu",
+                **common,
+            )
+        )
+    elif kind == "llama":
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                hidden_size=32,
+                intermediate_size=48,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                max_position_embeddings=64,
+                **common,
+            )
+        )
+    elif kind == "mixtral":
+        model = MixtralForCausalLM(
+            MixtralConfig(
+                hidden_size=32,
+                intermediate_size=24,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=4,
+                num_local_experts=4,
+                num_experts_per_tok=2,
+                max_position_embeddings=64,
+                **common,
+            )
+        )
+    else:
+        raise ValueError(kind)
+    model.eval().save_pretrained(folder)
+    corpus_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("checkpoints")
+    return {kind: write_checkpoint(root / kind, kind) for kind in ("gpt2", "llama", "mixtral")}
+
+
+@pytest.fixture(scope="session")
+def gpt2_handle(checkpoints):
+    from workbench.models import load_model
+
+    return load_model(str(checkpoints["gpt2"]), device="cpu", progress=False)

@@ -1,0 +1,247 @@
+"""Text in, token windows out: documents with domain labels, packed into fixed-length windows.
+
+Every token carries metadata (document, domain, position in its document) so that analyses can
+group by it. Sources: the shipped corpus by name, the user's text or JSONL files, or a Hugging
+Face `datasets` dataset.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from workbench.errors import WorkbenchError
+from workbench.paths import corpus_dir
+from workbench.registry import Registry
+
+
+@dataclass(frozen=True)
+class Document:
+    id: str
+    domain: str
+    text: str
+
+
+@dataclass(frozen=True)
+class CorpusSpec:
+    """A named corpus shipped with (or registered in) the workbench, with its splits."""
+
+    name: str
+    folder: Path
+    splits: tuple[str, ...]
+    licence: str
+
+
+CORPORA: Registry[CorpusSpec] = Registry(
+    "corpus", how_to_add="Pass your own text with --text FILE (.txt, or .jsonl with a 'text' field)."
+)
+CORPORA.register(
+    "pydocs",
+    CorpusSpec("pydocs", corpus_dir(), ("train", "heldout"), "PSF License 2 (data/corpus/LICENSE.txt)"),
+)
+DEFAULT_CORPUS = "pydocs"
+DEFAULT_SPLIT = "heldout"
+
+
+def load_corpus(name: str = DEFAULT_CORPUS, split: str = DEFAULT_SPLIT) -> list[Document]:
+    """The documents of one split of a named corpus (default: the shipped corpus's held-out split)."""
+    spec = CORPORA.get(name)
+    if split not in spec.splits:
+        raise WorkbenchError(f"Corpus {name!r} has no split {split!r}; its splits: {', '.join(spec.splits)}.")
+    path = spec.folder / f"{split}.jsonl.gz"
+    if not path.is_file():
+        raise WorkbenchError(
+            f"Corpus file {path} is missing; rebuild it with python -m workbench.demo.build_corpus."
+        )
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return [Document(**json.loads(line)) for line in f]
+
+
+def read_text_files(paths: Iterable[str | Path], default_domain: str = "text") -> list[Document]:
+    """The user's own text: a .txt file is one document; each line of a .jsonl file is one.
+
+    JSONL lines need a "text" field and may carry "domain" and "id".
+    """
+    docs: list[Document] = []
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if not path.is_file():
+            raise WorkbenchError(f"Text file {path} not found.")
+        if path.suffix in (".jsonl", ".ndjson"):
+            with path.open(encoding="utf-8") as f:
+                for n, line in enumerate(f):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                        text = row["text"]
+                    except (json.JSONDecodeError, KeyError, TypeError) as err:
+                        raise WorkbenchError(
+                            f"{path}, line {n + 1}: expected a JSON object with a 'text' field ({err})."
+                        ) from err
+                    domain = str(row.get("domain", default_domain))
+                    docs.append(Document(str(row.get("id", f"{path.name}:{n}")), domain, text))
+        else:
+            docs.append(
+                Document(path.name, default_domain, path.read_text(encoding="utf-8", errors="replace"))
+            )
+    if not docs:
+        raise WorkbenchError("The given text files hold no documents.")
+    return docs
+
+
+def from_hf_dataset(
+    dataset: Any, text_field: str = "text", domain_field: str | None = None
+) -> list[Document]:
+    """Documents from a Hugging Face `datasets` dataset (or any iterable of dict rows)."""
+    docs = []
+    for n, row in enumerate(dataset):
+        domain = str(row[domain_field]) if domain_field else "dataset"
+        docs.append(Document(str(row.get("id", n)), domain, row[text_field]))
+    return docs
+
+
+@dataclass
+class TokenBatch:
+    """A batch of windows: token ids [batch, pos] and per-token metadata of the same shape."""
+
+    tokens: torch.Tensor
+    doc: torch.Tensor
+    domain: torch.Tensor
+    position: torch.Tensor
+    window: torch.Tensor  # [batch] index of each window in its TokenWindows
+
+
+@dataclass
+class TokenWindows:
+    """Documents tokenized, packed end to end (separator token between them), cut into windows."""
+
+    tokens: torch.Tensor  # [n_windows, context] int64
+    doc: torch.Tensor  # [n_windows, context] int32 index into doc_ids
+    domain: torch.Tensor  # [n_windows, context] int16 index into domains
+    position: torch.Tensor  # [n_windows, context] int32 position of the token in its document
+    doc_ids: list[str]
+    domains: list[str]
+    slice_info: dict[str, Any] = field(default_factory=dict)  # provenance of the selection
+
+    @property
+    def n_windows(self) -> int:
+        return self.tokens.shape[0]
+
+    @property
+    def context(self) -> int:
+        return self.tokens.shape[1]
+
+    @property
+    def n_tokens(self) -> int:
+        return self.tokens.numel()
+
+    def batches(self, batch_size: int) -> Iterator[TokenBatch]:
+        for start in range(0, self.n_windows, batch_size):
+            part = slice(start, start + batch_size)
+            yield TokenBatch(
+                self.tokens[part],
+                self.doc[part],
+                self.domain[part],
+                self.position[part],
+                torch.arange(start, min(start + batch_size, self.n_windows)),
+            )
+
+    def select(self, n_tokens: int | None, seed: int = 0) -> TokenWindows:
+        """A seeded random subset of whole windows covering at least `n_tokens` (all when None)."""
+        total = self.n_windows
+        n = total if n_tokens is None else min(total, max(1, -(-n_tokens // self.context)))
+        order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+        info = self.slice_info | {
+            "selection_seed": seed,
+            "windows": n,
+            "windows_available": total,
+            "tokens": n * self.context,
+        }
+        return TokenWindows(
+            self.tokens[order],
+            self.doc[order],
+            self.domain[order],
+            self.position[order],
+            self.doc_ids,
+            self.domains,
+            info,
+        )
+
+
+def make_windows(
+    docs: list[Document],
+    tokenizer: Any,
+    context: int,
+    separator_id: int,
+    source: dict[str, Any] | None = None,
+) -> TokenWindows:
+    """Tokenize documents (no BOS), join them with `separator_id` and cut into `context`-long windows.
+
+    The separator closes each document and carries that document's metadata. The last partial
+    window is dropped.
+    """
+    domains = sorted({d.domain for d in docs})
+    ids: list[int] = []
+    doc_idx: list[int] = []
+    dom_idx: list[int] = []
+    pos: list[int] = []
+    for n, doc in enumerate(docs):
+        toks = tokenizer(doc.text, add_special_tokens=False)["input_ids"] + [separator_id]
+        ids.extend(toks)
+        doc_idx.extend([n] * len(toks))
+        dom_idx.extend([domains.index(doc.domain)] * len(toks))
+        pos.extend(range(len(toks)))
+    n_windows = len(ids) // context
+    if n_windows == 0:
+        raise WorkbenchError(
+            f"The text holds {len(ids)} tokens, fewer than one window of {context}; give more text "
+            "or a shorter context."
+        )
+    keep = n_windows * context
+
+    def shaped(values: list[int], dtype: torch.dtype) -> torch.Tensor:
+        return torch.tensor(values[:keep], dtype=dtype).view(n_windows, context)
+
+    info = (source or {}) | {
+        "documents": len(docs),
+        "context": context,
+        "separator_token_id": separator_id,
+        "tokens_total": len(ids),
+        "bos": False,
+    }
+    return TokenWindows(
+        shaped(ids, torch.long),
+        shaped(doc_idx, torch.int32),
+        shaped(dom_idx, torch.int16),
+        shaped(pos, torch.int32),
+        [d.id for d in docs],
+        domains,
+        info,
+    )
+
+
+def windows_for(
+    handle: Any,
+    corpus: str | None = None,
+    text: list[str] | None = None,
+    split: str = DEFAULT_SPLIT,
+    context: int = 128,
+    n_tokens: int | None = None,
+    seed: int = 0,
+) -> TokenWindows:
+    """The usual entry point: windows of a named corpus or of text files, for one model's tokenizer."""
+    if text:
+        docs, source = read_text_files(text), {"text_files": [str(p) for p in text]}
+    else:
+        name = corpus or DEFAULT_CORPUS
+        docs, source = load_corpus(name, split), {"corpus": name, "split": split}
+    context = min(context, handle.facts.n_ctx)
+    windows = make_windows(docs, handle.tokenizer, context, handle.separator_token_id, source)
+    return windows.select(n_tokens, seed)

@@ -1,0 +1,1 @@
+"""Reproducible builders for the shipped corpus, tokenizer and demo models (run once, results committed)."""

