@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from transformers import (
 from workbench.paths import corpus_dir
 
 EOS = "<|endoftext|>"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the hub; its boundary is faked where needed
 
 
 def corpus_tokenizer() -> PreTrainedTokenizerFast:
