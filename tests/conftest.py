@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -17,20 +16,11 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from workbench.paths import corpus_dir
-
-EOS = "<|endoftext|>"
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the hub; its boundary is faked where needed
+from workbench.demo.train_tiny import load_tokenizer
 
 
 def corpus_tokenizer() -> PreTrainedTokenizerFast:
-    return PreTrainedTokenizerFast(
-        tokenizer_file=str(corpus_dir() / "tokenizer.json"),
-        bos_token=EOS,
-        eos_token=EOS,
-        unk_token=EOS,
-        pad_token=EOS,
-    )
+    return load_tokenizer()
 
 
 def write_checkpoint(folder: Path, kind: str, seed: int = 0) -> Path:

@@ -146,9 +146,8 @@ def evaluate(
         bar.update(batch.tokens.numel())
     bar.close()
     overall = _score(loss_sum.sum().item(), int(correct.sum()), int(count.sum()))
-    by_domain = {
-        d: _score(loss_sum[i].item(), int(correct[i]), int(count[i])) for i, d in enumerate(windows.domains)
-    }
+    present = [(i, d) for i, d in enumerate(windows.domains) if count[i] > 0]  # a sample may miss a domain
+    by_domain = {d: _score(loss_sum[i].item(), int(correct[i]), int(count[i])) for i, d in present}
     provenance = Provenance(
         model=handle.facts.to_dict(),
         data=windows.slice_info,
@@ -164,5 +163,5 @@ def evaluate(
         accuracy=overall.accuracy,
         by_domain=by_domain,
         provenance=provenance,
-        loss_histogram={d: hist[i].tolist() for i, d in enumerate(windows.domains)},
+        loss_histogram={d: hist[i].tolist() for i, d in present},
     )

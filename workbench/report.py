@@ -6,7 +6,10 @@ import json
 from pathlib import Path
 
 from workbench.charts import chart_spec, embed_script, escape
-from workbench.runs import Run, read_run
+from workbench.corpus import TokenWindows
+from workbench.models import ModelHandle
+from workbench.results import Result
+from workbench.runs import Run, RunFolder, read_run
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; }
@@ -62,3 +65,25 @@ def write_report(run_dir: str | Path) -> Path:
     tmp.write_text(render_html(run), encoding="utf-8")
     tmp.replace(path)
     return path
+
+
+def foundation_results(
+    handle: ModelHandle, windows: TokenWindows, batch_size: int = 8, seed: int = 0
+) -> list[Result]:
+    """The report's sections so far: model facts, data facts and the evaluation (last, the main one)."""
+    from workbench.evaluate import evaluate
+    from workbench.facts import CorpusFactsResult, ModelFactsResult
+
+    evaluation = evaluate(handle, windows, batch_size=batch_size, seed=seed)
+    return [ModelFactsResult.of(handle), CorpusFactsResult.of(windows, handle), evaluation]
+
+
+def make_report(
+    handle: ModelHandle, windows: TokenWindows, run: RunFolder, batch_size: int = 8, seed: int = 0
+) -> Path:
+    """Compute the report's results into `run`, then render run/report.html from the folder."""
+    results = foundation_results(handle, windows, batch_size=batch_size, seed=seed)
+    for result in results:
+        result.provenance.command = run.command
+    run.save(results, files=["report.html"])
+    return write_report(run.path)

@@ -10,7 +10,6 @@ import dataclasses
 import importlib
 import json
 import platform
-import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
@@ -46,7 +45,7 @@ class Provenance:
     seed: int | None = None
     packages: dict[str, str] = field(default_factory=package_versions)
     date: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    command: str = field(default_factory=lambda: " ".join(["workbench", *sys.argv[1:]]))
+    command: str | None = None  # the CLI command line, when a command produced the result
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Provenance:

@@ -32,7 +32,7 @@ def _now() -> str:
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (temporary file, then rename)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=True) + "\n")
+    tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
     tmp.replace(path)
 
 
@@ -81,6 +81,16 @@ class RunFolder:
             ],
             "files": sorted(["manifest.json", "results.json", *(files or [])]),
         }
+
+    def __enter__(self) -> RunFolder:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        """On an exception the manifest says "failed" and why: the folder is never taken for a result."""
+        if exc is not None:
+            manifest = self._manifest("failed", [])
+            manifest["error"] = f"{type(exc).__name__}: {exc}"
+            write_json(self.path / "manifest.json", manifest)
 
     def save(self, results: list[Result], files: list[str] | None = None) -> None:
         """Write results.json, then mark the manifest complete."""

@@ -32,7 +32,7 @@ def test_evaluate_json_is_the_only_thing_on_stdout(checkpoints, tmp_path):
         str(tmp_path / "run"),
     )
     assert proc.returncode == 0, proc.stderr
-    body = json.loads(proc.stdout)  # the whole of stdout parses
+    body = json.loads(proc.stdout, parse_constant=pytest.fail)  # the whole of stdout parses, strictly
     assert set(body) >= {"model", "tokens", "loss", "perplexity", "accuracy", "by_domain", "provenance"}
     assert body["tokens"] == 8 * 31 and set(body["by_domain"]) <= {"code", "prose"}
     assert all(set(v) == {"loss", "perplexity", "accuracy", "tokens"} for v in body["by_domain"].values())
@@ -114,3 +114,45 @@ def test_own_text_files(checkpoints, tmp_path, capsys):
     )
     body = json.loads(capsys.readouterr().out)
     assert set(body["by_domain"]) <= {"mail", "chat"} and body["provenance"]["data"]["text_files"]
+
+
+def test_a_failed_run_is_marked_failed(tmp_path, capsys):
+    assert main(["evaluate", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "run")]) == 2
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "not found" in manifest["error"]
+    with pytest.raises(Exception, match="incomplete"):
+        read_run(tmp_path / "run")
+
+
+def test_a_domain_missing_from_the_sample_is_left_out_not_nan(checkpoints, tmp_path, capsys):
+    (tmp_path / "one.jsonl").write_text(
+        json.dumps({"text": "word " * 200, "domain": "a"})
+        + "\n"
+        + json.dumps({"text": "x", "domain": "b"})
+        + "\n"
+    )
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(checkpoints["gpt2"]),
+                "--text",
+                str(tmp_path / "one.jsonl"),
+                "--context",
+                "16",
+                "--tokens",
+                "16",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    body = json.loads(capsys.readouterr().out, parse_constant=pytest.fail)  # strict JSON: no NaN anywhere
+    assert list(body["by_domain"]) == ["a"]
+
+
+def test_bad_numbers_are_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--batch-size", "0"])
+    assert "must be a positive integer" in capsys.readouterr().err

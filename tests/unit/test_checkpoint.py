@@ -36,3 +36,27 @@ def test_missing_weights_are_named(checkpoints, tmp_path):
 def test_missing_config(tmp_path):
     with pytest.raises(WorkbenchError, match=r"config\.json is missing"):
         check_checkpoint(tmp_path)
+
+
+def test_missing_tokenizer_is_named(checkpoints, tmp_path):
+    folder = shutil.copytree(checkpoints["gpt2"], tmp_path / "notok")
+    (folder / "tokenizer.json").unlink()
+    with pytest.raises(WorkbenchError, match=r"Missing tokenizer: none of tokenizer\.json.* in .*notok"):
+        check_checkpoint(folder)
+
+
+def test_a_missing_folder_is_not_sent_to_the_hub(tmp_path):
+    with pytest.raises(WorkbenchError, match=r"Checkpoint folder .*nope not found"):
+        load_model(str(tmp_path / "nope"), progress=False)
+    with pytest.raises(WorkbenchError, match=r"Checkpoint folder nope-ckpt not found"):
+        load_model("./nope-ckpt", progress=False)
+
+
+def test_unavailable_device_is_a_clear_error(checkpoints, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(WorkbenchError, match=r"no CUDA GPU; use --device cpu"):
+        load_model(str(checkpoints["gpt2"]), device="cuda", progress=False)
+    with pytest.raises(WorkbenchError, match=r"Unknown device 'tpu9'"):
+        load_model(str(checkpoints["gpt2"]), device="tpu9", progress=False)

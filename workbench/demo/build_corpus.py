@@ -19,6 +19,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from workbench.paths import corpus_dir
+
 DEBS = {
     "prose": "python3.11-doc=3.11.2-6+deb12u9",
     "code": "libpython3.11-stdlib=3.11.2-6+deb12u9",
@@ -135,7 +137,7 @@ def build(out_dir: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).parents[2] / "data" / "corpus")
+    parser.add_argument("--out", type=Path, default=corpus_dir())
     print(json.dumps(build(parser.parse_args().out), indent=2))
 
 

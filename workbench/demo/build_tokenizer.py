@@ -14,6 +14,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from workbench.paths import corpus_dir
+
 VOCAB_SIZE = 4096
 EOS = "<|endoftext|>"
 
@@ -40,7 +42,7 @@ def train_tokenizer(corpus_dir: Path, vocab_size: int = VOCAB_SIZE) -> Tokenizer
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", type=Path, default=Path(__file__).parents[2] / "data" / "corpus")
+    parser.add_argument("--corpus", type=Path, default=corpus_dir())
     args = parser.parse_args()
     tokenizer = train_tokenizer(args.corpus)
     tokenizer.save(str(args.corpus / "tokenizer.json"))

@@ -9,7 +9,6 @@ kept under NAME/.partial every few hundred steps, so `--resume` continues an int
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import math
 import shutil
@@ -28,8 +27,9 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-DATA = Path(__file__).parents[2] / "data"
-EOS = "<|endoftext|>"
+from workbench.corpus import load_corpus
+from workbench.demo.build_tokenizer import EOS
+from workbench.paths import corpus_dir, data_dir
 
 
 @dataclass
@@ -104,7 +104,7 @@ def build_model(arch: dict, seed: int) -> PreTrainedModel:
 
 def load_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(
-        tokenizer_file=str(DATA / "corpus" / "tokenizer.json"),
+        tokenizer_file=str(corpus_dir() / "tokenizer.json"),
         bos_token=EOS,
         eos_token=EOS,
         unk_token=EOS,
@@ -115,10 +115,9 @@ def load_tokenizer() -> PreTrainedTokenizerFast:
 def token_stream(split: str, tokenizer: PreTrainedTokenizerFast) -> torch.Tensor:
     """All documents of a split, tokenized and joined with EOS, as one int64 tensor."""
     ids: list[int] = []
-    with gzip.open(DATA / "corpus" / f"{split}.jsonl.gz", "rt", encoding="utf-8") as f:
-        for line in f:
-            ids.extend(tokenizer.encode(json.loads(line)["text"]))
-            ids.append(tokenizer.eos_token_id)
+    for doc in load_corpus("pydocs", split):
+        ids.extend(tokenizer.encode(doc.text))
+        ids.append(tokenizer.eos_token_id)
     return torch.tensor(ids, dtype=torch.long)
 
 
@@ -197,7 +196,7 @@ def train(cfg: TrainConfig, out_dir: Path, resume: bool = False, threads: int = 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=[*CONFIGS, "all"], default="all")
-    parser.add_argument("--out", type=Path, default=DATA / "models")
+    parser.add_argument("--out", type=Path, default=data_dir() / "models")
     parser.add_argument("--steps", type=int, default=None, help="override the configured step count")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--resume", action="store_true")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import torch
 
+from workbench.errors import WorkbenchError
 from workbench.models.checkpoint import check_checkpoint, tensor_sizes
 from workbench.models.handle import ModelFacts, ModelHandle
 from workbench.models.sources import MODELS, ModelSource, resolve_checkpoint
@@ -13,9 +16,17 @@ __all__ = ["MODELS", "ModelFacts", "ModelHandle", "ModelSource", "load_model", "
 
 def resolve_device(device: str | None) -> torch.device:
     """The requested device, or CUDA when there is one, else the CPU."""
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not device:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise WorkbenchError(f"Unknown device {device!r} ({err}); use cpu, cuda or cuda:N.") from err
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise WorkbenchError(f"--device {device}: this machine has no CUDA GPU; use --device cpu.")
+    if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
+        raise WorkbenchError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here.")
+    return resolved
 
 
 def load_model(
@@ -37,13 +48,15 @@ def load_model(
     bridge = TransformerBridge.boot_transformers(str(folder), device=str(resolve_device(device)), dtype=dtype)
     bridge.enable_compatibility_mode(disable_warnings=True, no_processing=not process_weights)
     bridge.eval()
-    facts = _facts(name, source, bridge, process_weights, dtype, sum(tensor_sizes(folder).values()))
+    facts = _facts(name, source, bridge, process_weights, dtype, folder)
     return ModelHandle(bridge, bridge.tokenizer, facts, folder)
 
 
-def _facts(name: str, source: str, bridge, processed: bool, dtype: torch.dtype, n_params: int) -> ModelFacts:
+def _facts(name: str, source: str, bridge, processed: bool, dtype: torch.dtype, folder) -> ModelFacts:
     cfg = bridge.cfg
     hf = bridge.original_model
+    n_params = sum(tensor_sizes(folder).values())
+    record = folder / "SOURCE.json"
     n_experts = cfg.num_experts or None
     return ModelFacts(
         name=name,
@@ -64,4 +77,6 @@ def _facts(name: str, source: str, bridge, processed: bool, dtype: torch.dtype, 
         n_params=n_params or sum(p.numel() for p in hf.parameters()),  # .bin-only folders
         weights_processed=processed,
         dtype=str(dtype).removeprefix("torch."),
+        checkpoint=str(folder),
+        source_record=json.loads(record.read_text()) if record.is_file() else None,
     )

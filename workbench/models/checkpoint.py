@@ -10,6 +10,7 @@ from pathlib import Path
 from workbench.errors import WorkbenchError
 
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
 
 def check_checkpoint(folder: Path) -> None:
@@ -26,6 +27,11 @@ def check_checkpoint(folder: Path) -> None:
         raise WorkbenchError(
             f"Missing weights: no model.safetensors (or pytorch_model.bin) in {folder}. "
             "Copy the weight files next to config.json, or re-create the checkpoint."
+        )
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise WorkbenchError(
+            f"Missing tokenizer: none of {', '.join(TOKENIZER_FILES)} in {folder}. Save the tokenizer "
+            "next to the weights (tokenizer.save_pretrained(folder))."
         )
     index = folder / "model.safetensors.index.json"
     if index.is_file():

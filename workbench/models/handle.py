@@ -31,6 +31,8 @@ class ModelFacts:
     n_params: int
     weights_processed: bool  # TransformerLens folding/centring applied (False: weights as released)
     dtype: str
+    checkpoint: str  # the local folder the weights were read from
+    source_record: dict | None = None  # the folder's SOURCE.json (e.g. wheel and GGUF sha256), if any
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -8,7 +8,6 @@ it to float32 and save a plain safetensors checkpoint in the cache, so every lat
 from __future__ import annotations
 
 import datetime
-import fcntl
 import hashlib
 import importlib.util
 import io
@@ -174,12 +173,20 @@ def _convert(gguf_path: Path, out: Path, say: Say) -> str:
 def _sha256(path: Path) -> str:
     """Hex sha256 of a file, read in chunks."""
     with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        digest = hashlib.sha256()
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+        return digest.hexdigest()
 
 
 @contextmanager
 def _locked(lock_path: Path, say: Say) -> Iterator[None]:
-    """Hold an exclusive lock on lock_path so two processes never convert at once."""
+    """Hold an exclusive lock on lock_path so two processes never convert at once (POSIX only)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock; concurrent first uses may both convert
+        yield
+        return
     with open(lock_path, "a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

