@@ -72,7 +72,7 @@ def expert_load(handle: ModelHandle, windows, batch_size: int = 16) -> list[list
     return (counts / tokens).tolist()
 
 
-def _init_handle(name: str, config: dict, folder: Path) -> ModelHandle:
+def init_handle(name: str, config: dict, folder: Path) -> ModelHandle:
     model = build_model(config["arch"], config["seed"]).eval()
     model.save_pretrained(folder)
     load_tokenizer().save_pretrained(folder)
@@ -112,7 +112,7 @@ def measure(name: str) -> dict:
     if not handle.facts.moe:
         trained = mlp_exact_zero_density(handle, windows)
         with tempfile.TemporaryDirectory() as tmp:
-            initial = mlp_exact_zero_density(_init_handle(name, config, Path(tmp)), windows)
+            initial = mlp_exact_zero_density(init_handle(name, config, Path(tmp)), windows)
         card["mlp_density"] = {
             "definition": "exact_zero: share of blocks.{l}.mlp.hook_post entries != 0, "
             "mean over held-out tokens",
