@@ -83,13 +83,21 @@ def cmd_models(args: argparse.Namespace) -> dict:
     from workbench.models import MODELS
 
     rows = [
-        {"name": n, "description": s.description, "available": s.available(), "facts": s.facts}
+        {
+            "name": n,
+            "description": s.description,
+            "available": s.available(),
+            "fetchable": s.fetchable,
+            "facts": s.facts,
+        }
         for n, s in ((n, MODELS.get(n)) for n in MODELS)
     ]
     if not args.json:
         for row in rows:
             f = row["facts"]
-            state = "on disk" if row["available"] else "fetched on first use"
+            state = (
+                "on disk" if row["available"] else "fetched on first use" if row["fetchable"] else "missing"
+            )
             print(
                 f"{row['name']:14s} {f['architecture']:20s} layers={f['n_layers']} d_model={f['d_model']} "
                 f"d_mlp={f['d_mlp']} act={f['act_fn']} moe={f['moe']} ({state})"

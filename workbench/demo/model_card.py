@@ -154,7 +154,7 @@ def write_card(card: dict, folder: Path) -> None:
         "",
         f"Trained by this project: `python -m workbench.demo.train_tiny --model {card['model']}` "
         f"(seed {t['seed']}, {t['steps']} steps of {t['batch_size']}×{t['context']} tokens, "
-        f"{t['tokens_seen']:,} tokens seen, {t['seconds']} s on 2 CPU threads shared with the other model). "
+        f"{t['tokens_seen']:,} tokens seen, {t['seconds']} s of wall time on a 2-core CPU). "
         "Config: `train_config.json`. Measured by `python -m workbench.demo.model_card`.",
         "",
         "**Data:** the `pydocs` corpus in `data/corpus/` (Python 3.11 documentation prose and "

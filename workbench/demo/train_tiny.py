@@ -82,8 +82,7 @@ CONFIGS = {
             num_experts_per_tok=2,
             max_position_embeddings=128,
             tie_word_embeddings=True,
-            output_router_logits=True,
-            router_aux_loss_coef=0.02,
+            router_aux_loss_coef=0.0,  # HF's cross-layer loss is off: per_layer_balance_loss replaces it
             bos_token_id=0,
             eos_token_id=0,
         ),
@@ -119,6 +118,21 @@ def token_stream(split: str, tokenizer: PreTrainedTokenizerFast) -> torch.Tensor
         ids.extend(tokenizer.encode(doc.text))
         ids.append(tokenizer.eos_token_id)
     return torch.tensor(ids, dtype=torch.long)
+
+
+def per_layer_balance_loss(router_logits: tuple[torch.Tensor, ...], k: int) -> torch.Tensor:
+    """Switch-style balance loss E · Σ_e f_e · P_e, computed per layer and averaged over layers.
+
+    Hugging Face's Mixtral loss concatenates all layers' router logits first, so it only balances each
+    expert index summed over layers (an expert can die in one layer if its namesake is busy in another).
+    """
+    losses = []
+    for logits in router_logits:  # [tokens, E] per layer
+        n_experts = logits.shape[-1]
+        probs = logits.float().softmax(-1)
+        chosen = torch.zeros_like(probs).scatter_(-1, probs.topk(k, dim=-1).indices, 1.0)
+        losses.append(n_experts * (chosen.mean(0) * probs.mean(0)).sum())
+    return torch.stack(losses).mean()
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -166,14 +180,18 @@ def train(cfg: TrainConfig, out_dir: Path, resume: bool = False, threads: int = 
         batch = torch.stack([stream[s : s + cfg.context] for s in starts.tolist()])
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
-        out = model(input_ids=batch, labels=batch)
+        moe = cfg.arch["kind"] == "mixtral"
+        out = model(input_ids=batch, labels=batch, output_router_logits=moe)
+        loss = out.loss
+        aux = per_layer_balance_loss(out.router_logits, cfg.arch["num_experts_per_tok"]) if moe else None
+        if aux is not None:
+            loss = loss + cfg.router_aux_loss_coef * aux
         optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         if step % 50 == 0 or step == cfg.steps - 1:
-            aux = getattr(out, "aux_loss", None)
-            aux_s = f" aux {aux.item():.3f}" if aux is not None else ""
+            aux_s = f" balance {aux.item():.3f}" if aux is not None else ""
             print(
                 f"{cfg.name} step {step} loss {out.loss.item():.3f}{aux_s} {time.time() - t0:.0f}s",
                 flush=True,

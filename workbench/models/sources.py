@@ -26,6 +26,7 @@ class ModelSource:
     resolve: Callable[[bool], Path]  # progress -> checkpoint folder (may fetch or convert)
     available: Callable[[], bool]  # True when resolve() needs no network
     facts: dict  # declared facts, listed without loading; tests check them against the loaded model
+    fetchable: bool = False  # resolve() can fetch what is missing (else a missing model is an error)
 
 
 MODELS: Registry[ModelSource] = Registry(
@@ -93,6 +94,7 @@ MODELS.register(
         lambda progress: ensure_smollm2(cache_dir(), progress=progress),
         lambda: smollm2_available(cache_dir()),
         declared_facts("LlamaForCausalLM", 30, 576, 1536, 9, 3, 49152, 8192, "silu", True),
+        fetchable=True,
     ),
 )
 
