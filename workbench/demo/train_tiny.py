@@ -181,7 +181,7 @@ def train(cfg: TrainConfig, out_dir: Path, resume: bool = False, threads: int = 
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
         moe = cfg.arch["kind"] == "mixtral"
-        out = model(input_ids=batch, labels=batch, output_router_logits=moe)
+        out = model(input_ids=batch, labels=batch, **({"output_router_logits": True} if moe else {}))
         loss = out.loss
         aux = per_layer_balance_loss(out.router_logits, cfg.arch["num_experts_per_tok"]) if moe else None
         if aux is not None:
@@ -203,6 +203,7 @@ def train(cfg: TrainConfig, out_dir: Path, resume: bool = False, threads: int = 
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     record = asdict(cfg) | {
+        "threads": threads,
         "tokens_seen": cfg.steps * cfg.batch_size * cfg.context,
         "train_tokens": len(stream),
         "seconds": round(time.time() - t0),
@@ -216,7 +217,7 @@ def main() -> None:
     parser.add_argument("--model", choices=[*CONFIGS, "all"], default="all")
     parser.add_argument("--out", type=Path, default=data_dir() / "models")
     parser.add_argument("--steps", type=int, default=None, help="override the configured step count")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads")
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args()
     names = list(CONFIGS) if args.model == "all" else [args.model]
