@@ -14,6 +14,8 @@ from transformers import (
     MixtralConfig,
     MixtralForCausalLM,
     PreTrainedTokenizerFast,
+    Qwen2MoeConfig,
+    Qwen2MoeForCausalLM,
 )
 
 from workbench.demo.train_tiny import load_tokenizer
@@ -24,7 +26,7 @@ def corpus_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def write_checkpoint(folder: Path, kind: str, seed: int = 0) -> Path:
-    """Write a tiny random Hugging Face checkpoint (gpt2 | llama | mixtral) with the corpus tokenizer."""
+    """A tiny random Hugging Face checkpoint of one of KINDS, with the corpus tokenizer."""
     torch.manual_seed(seed)
     common = dict(vocab_size=4096, bos_token_id=0, eos_token_id=0)
     if kind == "gpt2":
@@ -51,6 +53,24 @@ def write_checkpoint(folder: Path, kind: str, seed: int = 0) -> Path:
                 **common,
             )
         )
+    elif kind == "qwen2moe":
+        model = Qwen2MoeForCausalLM(
+            Qwen2MoeConfig(
+                hidden_size=32,
+                intermediate_size=48,
+                moe_intermediate_size=24,
+                shared_expert_intermediate_size=40,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                num_experts=4,
+                num_experts_per_tok=2,
+                max_position_embeddings=64,
+                decoder_sparse_step=1,
+                mlp_only_layers=[],
+                **common,
+            )
+        )
     elif kind == "mixtral":
         model = MixtralForCausalLM(
             MixtralConfig(
@@ -72,10 +92,13 @@ def write_checkpoint(folder: Path, kind: str, seed: int = 0) -> Path:
     return folder
 
 
+KINDS = ("gpt2", "llama", "mixtral", "qwen2moe")
+
+
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("checkpoints")
-    return {kind: write_checkpoint(root / kind, kind) for kind in ("gpt2", "llama", "mixtral")}
+    return {kind: write_checkpoint(root / kind, kind) for kind in KINDS}
 
 
 @pytest.fixture(scope="session")

@@ -34,7 +34,7 @@ def common_flags() -> argparse.ArgumentParser:
         "(default: smollm2-135m when it can be had, else tiny-relu)",
     )
     src = g.add_mutually_exclusive_group()
-    src.add_argument("--corpus", help="named corpus (default: pydocs, held-out split)")
+    src.add_argument("--corpus", help="named corpus, NAME[:SPLIT] (default: pydocs, held-out split)")
     src.add_argument("--text", nargs="+", metavar="FILE", help="your own .txt or .jsonl files instead")
     g.add_argument(
         "--tokens", type=positive_int, default=DEFAULT_TOKENS, help="tokens to use (whole windows)"
@@ -125,16 +125,117 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
 
 def cmd_report(args: argparse.Namespace) -> dict:
     from workbench.report import make_report
-    from workbench.runs import RunFolder
+    from workbench.runs import RunFolder, read_run
 
     label = Path(args.model).name if args.model else "default"
     run = RunFolder.create(args.out, f"report-{label}", args.command_line)  # refuse a bad --out first
+    included = [result for folder in args.include or [] for result in read_run(folder).results]
     with run:
         handle, windows = load_inputs(args)
-        path = make_report(handle, windows, run, batch_size=args.batch_size, seed=args.seed)
+        path = make_report(handle, windows, run, batch_size=args.batch_size, seed=args.seed, extra=included)
     if not args.json:
         print(f"report: {path.resolve()}")
     return {"report": str(path.resolve()), "run": str(run.path.resolve()), "model": handle.name}
+
+
+def cmd_capture(args: argparse.Namespace) -> dict:
+    from workbench.capturing import capture_to_run
+    from workbench.probes import ActivationProbe, AttentionProbe, RoutingProbe
+    from workbench.runs import RunFolder
+
+    if args.out is None:
+        raise WorkbenchError("capture needs --out DIR: the folder that will hold the store.")
+    if not (args.hooks or args.attention or args.routing):
+        raise WorkbenchError("Nothing to capture: give --hooks PATTERN, --attention and/or --routing.")
+    run = RunFolder.create(args.out, "capture", args.command_line)
+    with run:
+        handle, windows = load_inputs(args)
+        probes: list = (
+            [ActivationProbe(args.hooks, layers=args.layers, dtype=args.dtype)] if args.hooks else []
+        )
+        if args.attention:
+            probes.append(
+                AttentionProbe(
+                    layers=args.layers,
+                    heads=args.heads,
+                    summaries_only=args.attention_summaries,
+                    dtype=args.dtype,
+                )
+            )
+        if args.routing:
+            probes.append(RoutingProbe(layers=args.layers))
+        result = capture_to_run(handle, windows, run, probes, resume=args.resume, batch_size=args.batch_size)
+    if not args.json:
+        print(
+            f"captured {result.tokens} tokens, {len(result.fields)} fields, {result.bytes / 1e6:.1f} MB "
+            f"in {result.shards} shards: {run.path / 'store'}"
+        )
+    return {k: v for k, v in result.to_dict().items() if k != "kind"}
+
+
+def cmd_inspect(args: argparse.Namespace) -> dict:
+    from workbench.store import inspect_store
+
+    path = args.dir / "store" if (args.dir / "store").is_dir() else args.dir
+    summary = inspect_store(path, verify=args.verify)
+    if not args.json:
+        state = "complete" if summary["complete"] else "incomplete"
+        print(
+            f"{path}: {summary['tokens']} tokens, {state}, {summary['shards']} shards, "
+            f"{summary['bytes'] / 1e6:.1f} MB" + (", every shard verified" if args.verify else "")
+        )
+        for name, spec in summary["hooks"].items():
+            print(f"  {name:45s} {tuple(spec['shape'])} {spec['dtype']}")
+    return summary
+
+
+def capture_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("capture")
+    g.add_argument("--hooks", action="append", metavar="PATTERN", help="hook name or glob; repeatable")
+    g.add_argument("--attention", action="store_true", help="attention patterns [head, key] per query token")
+    g.add_argument(
+        "--attention-summaries",
+        action="store_true",
+        help="with --attention: keep only entropy, first-token weight and max per head",
+    )
+    g.add_argument("--routing", action="store_true", help="router logits, top-k experts and weights (MoE)")
+    g.add_argument("--layers", type=int, nargs="+", help="only these layers")
+    g.add_argument("--heads", type=int, nargs="+", help="only these heads (with --attention)")
+    g.add_argument(
+        "--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="storage dtype"
+    )
+    g.add_argument("--resume", action="store_true", help="continue an interrupted capture in --out")
+
+
+def cmd_bench(args: argparse.Namespace) -> dict:
+    from workbench.bench import BENCHMARKS
+
+    bench = BENCHMARKS.get(args.which)
+    handle, windows = load_inputs(args)
+    body = bench(handle, windows, batch_size=args.batch_size)
+    if not args.json:
+        print(json.dumps(body, indent=2))
+    return body
+
+
+def bench_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("which", help="which benchmark: capture")
+    parser.set_defaults(tokens=4096, batch_size=4)
+
+
+def report_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--include",
+        type=Path,
+        nargs="+",
+        metavar="RUN_DIR",
+        help="add the results of these run folders (e.g. a capture) as report sections",
+    )
+
+
+def inspect_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dir", type=Path, help="a capture run folder or a store folder")
+    parser.add_argument("--verify", action="store_true", help="check every shard's checksum")
 
 
 @dataclass(frozen=True)
@@ -142,12 +243,29 @@ class Command:
     run: Callable[[argparse.Namespace], dict]
     help: str
     common_flags: bool = True
+    extra_flags: Callable[[argparse.ArgumentParser], None] | None = None
 
 
 COMMANDS: Registry[Command] = Registry("command")
 COMMANDS.register("models", Command(cmd_models, "list the named models, their facts, on disk or not", False))
 COMMANDS.register("evaluate", Command(cmd_evaluate, "held-out loss, perplexity and accuracy, per domain"))
-COMMANDS.register("report", Command(cmd_report, "evaluate a model and write a self-contained HTML report"))
+COMMANDS.register(
+    "report",
+    Command(cmd_report, "evaluate a model and write a self-contained HTML report", extra_flags=report_flags),
+)
+COMMANDS.register(
+    "capture",
+    Command(cmd_capture, "stream activations, attention, routing to a store", extra_flags=capture_flags),
+)
+COMMANDS.register(
+    "inspect",
+    Command(cmd_inspect, "describe (and --verify) an activation store", False, extra_flags=inspect_flags),
+)
+
+COMMANDS.register(
+    "bench",
+    Command(cmd_bench, "benchmarks that print ratios against same-run baselines", extra_flags=bench_flags),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,10 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMANDS:
         command = COMMANDS.get(name)
         if command.common_flags:
-            sub.add_parser(name, help=command.help, parents=[common_flags()])
+            p = sub.add_parser(name, help=command.help, parents=[common_flags()])
         else:
             p = sub.add_parser(name, help=command.help)
             p.add_argument("--json", action="store_true", help="print JSON on stdout, nothing else")
+        if command.extra_flags:
+            command.extra_flags(p)
     return parser
 
 

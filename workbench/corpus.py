@@ -142,8 +142,9 @@ class TokenWindows:
     def n_tokens(self) -> int:
         return self.tokens.numel()
 
-    def batches(self, batch_size: int) -> Iterator[TokenBatch]:
-        for start in range(0, self.n_windows, batch_size):
+    def batches(self, batch_size: int, first_window: int = 0) -> Iterator[TokenBatch]:
+        """Consecutive batches of whole windows, from `first_window` on (resumed captures skip the rest)."""
+        for start in range(first_window, self.n_windows, batch_size):
             part = slice(start, start + batch_size)
             yield TokenBatch(
                 self.tokens[part],
@@ -236,11 +237,15 @@ def windows_for(
     n_tokens: int | None = None,
     seed: int = 0,
 ) -> TokenWindows:
-    """The usual entry point: windows of a named corpus or of text files, for one model's tokenizer."""
+    """The usual entry point: windows of a named corpus or of text files, for one model's tokenizer.
+
+    `corpus` may name a split after a colon (`pydocs:train`); the default split is the held-out one.
+    """
     if text:
         docs, source = read_text_files(text), {"text_files": [str(p) for p in text]}
     else:
-        name = corpus or DEFAULT_CORPUS
+        name, _, named_split = (corpus or DEFAULT_CORPUS).partition(":")
+        split = named_split or split
         docs, source = load_corpus(name, split), {"corpus": name, "split": split}
     context = min(context, handle.facts.n_ctx)
     windows = make_windows(docs, handle.tokenizer, context, handle.separator_token_id, source)

@@ -79,11 +79,16 @@ def foundation_results(
 
 
 def make_report(
-    handle: ModelHandle, windows: TokenWindows, run: RunFolder, batch_size: int = 8, seed: int = 0
+    handle: ModelHandle,
+    windows: TokenWindows,
+    run: RunFolder,
+    batch_size: int = 8,
+    seed: int = 0,
+    extra: list[Result] | None = None,
 ) -> Path:
     """Compute the report's results into `run`, then render run/report.html from the folder."""
     results = foundation_results(handle, windows, batch_size=batch_size, seed=seed)
     for result in results:
         result.provenance.command = run.command
-    run.save(results, files=["report.html"])
+    run.save(results + list(extra or []), files=["report.html"], main=results[-1])
     return write_report(run.path)

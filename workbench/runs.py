@@ -62,9 +62,12 @@ class RunFolder:
         write_json(path / "manifest.json", run._manifest("running", []))
         return run
 
-    def _manifest(self, status: str, results: list[Result], files: list[str] | None = None) -> dict:
-        # The last result is the run's main analysis; its provenance is the run's.
-        main = asdict(results[-1].provenance) if results else {}  # type: ignore[attr-defined]
+    def _manifest(
+        self, status: str, results: list[Result], files: list[str] | None = None, main: Result | None = None
+    ) -> dict:
+        # The main result (by default the last) is the run's analysis; its provenance is the run's.
+        main_result = main or (results[-1] if results else None)
+        main = asdict(main_result.provenance) if main_result else {}  # type: ignore[attr-defined]
         return {
             "format": FORMAT,
             "command": self.command,
@@ -92,10 +95,10 @@ class RunFolder:
             manifest["error"] = f"{type(exc).__name__}: {exc}"
             write_json(self.path / "manifest.json", manifest)
 
-    def save(self, results: list[Result], files: list[str] | None = None) -> None:
-        """Write results.json, then mark the manifest complete."""
+    def save(self, results: list[Result], files: list[str] | None = None, main: Result | None = None) -> None:
+        """Write results.json, then mark the manifest complete; `main` (default: the last) is the run's."""
         write_json(self.path / "results.json", {"format": FORMAT, "results": [r.to_dict() for r in results]})
-        write_json(self.path / "manifest.json", self._manifest("complete", results, files))
+        write_json(self.path / "manifest.json", self._manifest("complete", results, files, main))
 
 
 @dataclass

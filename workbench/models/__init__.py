@@ -64,7 +64,7 @@ def _facts(name: str, source: str, bridge, processed: bool, dtype: torch.dtype, 
         architecture=cfg.architecture or type(hf).__name__,
         n_layers=cfg.n_layers,
         d_model=cfg.d_model,
-        d_mlp=cfg.d_mlp,
+        d_mlp=getattr(hf.config, "moe_intermediate_size", None) or cfg.d_mlp,  # per expert in MoEs
         n_heads=cfg.n_heads,
         n_kv_heads=cfg.n_key_value_heads or cfg.n_heads,
         d_vocab=cfg.d_vocab,

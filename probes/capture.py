@@ -1,0 +1,68 @@
+"""The capture loop: run token windows through a model with probes attached, feed a sink."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+from workbench.probes.base import attached
+from workbench.probes.sinks import Sink
+
+from workbench.corpus import TokenWindows
+from workbench.errors import WorkbenchError
+from workbench.models import ModelHandle
+
+
+def batch_meta(batch, pos: int) -> dict[str, torch.Tensor]:
+    """Per-token metadata of a batch, flattened like the captured values: [batch * pos]."""
+    return {
+        "token": batch.tokens.flatten(),
+        "doc": batch.doc.flatten(),
+        "domain": batch.domain.flatten(),
+        "position": batch.position.flatten(),
+        "window": batch.window.repeat_interleave(pos),
+    }
+
+
+def capture(
+    handle: ModelHandle,
+    windows: TokenWindows,
+    probes: list[Any],
+    sink: Sink,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> Sink:
+    """Run every window through the model with `probes` attached; each batch's values go to `sink`.
+
+    A resumed store reports the tokens it already holds; whole windows up to there are skipped, so a
+    killed capture ends with exactly the tokens and values of a clean run.
+    """
+    fields = [spec for probe in probes for spec in probe.fields(handle, windows.context)]
+    if not fields:
+        raise WorkbenchError("Nothing to capture: give at least one hook pattern, --attention or --routing.")
+    done = sink.open(fields, windows.n_tokens)
+    if done % windows.context:
+        raise WorkbenchError(
+            f"The store holds {done} tokens, not a whole number of {windows.context}-token windows."
+        )
+    bar = tqdm(
+        total=windows.n_tokens, initial=done, unit="tok", desc=f"capture {handle.name}", disable=not progress
+    )
+    try:
+        with attached(handle, probes), torch.inference_mode():
+            for batch in windows.batches(batch_size, first_window=done // windows.context):
+                b, pos = batch.tokens.shape
+                handle.logits(batch.tokens)
+                values: dict[str, torch.Tensor] = {}
+                for probe in probes:
+                    values |= probe.take(b, pos)
+                sink.consume(values, batch_meta(batch, pos))
+                bar.update(b * pos)
+    except BaseException:
+        getattr(sink, "abort", lambda: None)()
+        raise
+    finally:
+        bar.close()
+    sink.close()
+    return sink

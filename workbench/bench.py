@@ -1,0 +1,117 @@
+"""Benchmarks: each prints ratios against baselines measured in the same run (never a test).
+
+`workbench bench capture`: on the same batches, (a) a plain forward of the Hugging Face model,
+(b) TransformerLens `run_with_cache` keeping the same hooks in memory, (c) workbench capture
+streaming them to an on-disk store. Hooks: every layer's MLP post-activation and full attention
+patterns, float32.
+"""
+
+from __future__ import annotations
+
+import gc
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import torch
+
+from workbench.registry import Registry
+
+
+class PeakRSS:
+    """Samples this process's resident memory in a thread; `.peak_mb` is the peak above the start."""
+
+    def __init__(self, interval: float = 0.005) -> None:
+        self.interval, self.start, self.peak = interval, 0, 0
+        self._stop = threading.Event()
+        self._proc = psutil.Process()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+            time.sleep(self.interval)
+
+    def __enter__(self) -> PeakRSS:
+        gc.collect()
+        self.start = self.peak = self._proc.memory_info().rss
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._proc.memory_info().rss)
+
+    @property
+    def peak_mb(self) -> float:
+        return (self.peak - self.start) / 2**20
+
+
+def _timed(fn: Callable[[], object]) -> tuple[float, float]:
+    with PeakRSS() as rss:
+        t0 = time.perf_counter()
+        kept = fn()
+        seconds = time.perf_counter() - t0
+    del kept
+    return seconds, rss.peak_mb
+
+
+def bench_capture(handle, windows, batch_size: int = 4, progress: bool = False) -> dict:
+    """Tokens/s and peak memory of plain forward, run_with_cache and streaming capture, plus the ratios."""
+    from workbench.probes import ActivationProbe, AttentionProbe, StoreSink, capture
+
+    hooks = [f"blocks.{layer}.mlp.hook_post" for layer in range(handle.facts.n_layers)]
+    hooks += [f"blocks.{layer}.attn.hook_pattern" for layer in range(handle.facts.n_layers)]
+    batches = [b.tokens for b in windows.batches(batch_size)]
+    hf = handle.model.original_model
+
+    def plain():
+        with torch.inference_mode():
+            for tokens in batches:
+                hf(tokens)
+
+    def run_with_cache():
+        caches = []
+        with torch.inference_mode():
+            for tokens in batches:
+                caches.append(handle.model.run_with_cache(tokens, names_filter=lambda n: n in hooks)[1])
+        return caches
+
+    def streamed():
+        with tempfile.TemporaryDirectory() as tmp:
+            probes = [ActivationProbe(["blocks.*.mlp.hook_post"]), AttentionProbe()]
+            per_shard = windows.context * batch_size * 4
+            sink = StoreSink(Path(tmp) / "store", {"bench": "capture"}, tokens_per_shard=per_shard)
+            capture(handle, windows, probes, sink, batch_size=batch_size, progress=progress)
+
+    with torch.inference_mode():
+        hf(batches[0])  # warm-up
+    tokens = windows.n_tokens
+    results = {}
+    for name, fn in (
+        ("plain_forward", plain),
+        ("run_with_cache", run_with_cache),
+        ("workbench_capture", streamed),
+    ):
+        seconds, peak = _timed(fn)
+        results[name] = {"seconds": seconds, "tokens_per_s": tokens / seconds, "peak_rss_mb": peak}
+        gc.collect()
+    return {
+        "model": handle.name,
+        "tokens": tokens,
+        "batch_size": batch_size,
+        "hooks": "blocks.*.mlp.hook_post + blocks.*.attn.hook_pattern, float32",
+        **results,
+        "ratio_vs_run_with_cache": results["workbench_capture"]["tokens_per_s"]
+        / results["run_with_cache"]["tokens_per_s"],
+        "overhead_vs_forward": results["workbench_capture"]["seconds"] / results["plain_forward"]["seconds"],
+        "threads": torch.get_num_threads(),
+    }
+
+
+BENCHMARKS: Registry[Callable] = Registry("benchmark")
+BENCHMARKS.register("capture", bench_capture)

@@ -1,0 +1,221 @@
+"""`workbench capture`: stream probes into an activation store in a run folder, with a summary result.
+
+While the store fills, two reducers fold what the report shows (mean attention entropy per head,
+expert load per layer), so the report never has to read the shards back.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import altair as alt
+import pandas as pd
+import torch
+
+from workbench.results import Provenance, Result, register_result
+
+_ATTENTION = re.compile(r"^attention\.blocks\.(\d+)\.(pattern|summary)$")
+_TOPK = re.compile(r"^routing\.blocks\.(\d+)\.topk_indices$")
+
+
+class AttentionEntropyReducer:
+    """Mean over query tokens of each head's attention entropy (nats), per layer."""
+
+    def __init__(self) -> None:
+        self.sums: dict[int, torch.Tensor] = {}
+        self.count = 0
+
+    def update(self, values: dict[str, torch.Tensor], meta: dict[str, torch.Tensor]) -> None:
+        for name, value in values.items():
+            m = _ATTENTION.match(name)
+            if not m:
+                continue
+            v = value.float()
+            entropy = v[..., 0] if m.group(2) == "summary" else -(v * v.clamp_min(1e-30).log()).sum(-1)
+            layer = int(m.group(1))
+            self.sums[layer] = self.sums.get(layer, 0) + entropy.sum(0).double()
+        self.count += len(meta["token"])
+
+    def result(self) -> dict[int, list[float]]:
+        return {layer: (s / max(1, self.count)).tolist() for layer, s in sorted(self.sums.items())}
+
+
+class ExpertLoadReducer:
+    """f_e per layer: the share of tokens that chose expert e (PAPERS.md §3)."""
+
+    def __init__(self, n_experts: int) -> None:
+        self.n_experts = n_experts
+        self.counts: dict[int, torch.Tensor] = {}
+        self.count = 0
+
+    def update(self, values: dict[str, torch.Tensor], meta: dict[str, torch.Tensor]) -> None:
+        for name, value in values.items():
+            m = _TOPK.match(name)
+            if m:
+                layer = int(m.group(1))
+                counts = torch.bincount(value.flatten(), minlength=self.n_experts).double()
+                self.counts[layer] = self.counts.get(layer, 0) + counts
+        self.count += len(meta["token"])
+
+    def result(self) -> dict[int, list[float]]:
+        return {layer: (c / max(1, self.count)).tolist() for layer, c in sorted(self.counts.items())}
+
+
+class TeeSink:
+    """Feeds one capture to several sinks (the store and the reducers)."""
+
+    def __init__(self, *sinks) -> None:
+        self.sinks = sinks
+
+    def open(self, fields, n_tokens: int) -> int:
+        done = [sink.open(fields, n_tokens) for sink in self.sinks]
+        return done[0]
+
+    def consume(self, values, meta) -> None:
+        for sink in self.sinks:
+            sink.consume(values, meta)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+
+    def abort(self) -> None:
+        for sink in self.sinks:
+            getattr(sink, "abort", lambda: None)()
+
+
+@register_result
+@dataclass
+class CaptureResult(Result):
+    kind = "capture"
+    title = "Capture"
+
+    model: str
+    tokens: int
+    complete: bool
+    fields: dict[str, dict]  # name -> {"shape", "dtype"}
+    bytes: int
+    shards: int
+    provenance: Provenance
+    attention_entropy: dict[str, list[float]] = field(default_factory=dict)  # layer -> per head
+    expert_load: dict[str, list[float]] = field(default_factory=dict)  # layer -> per expert
+
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            [
+                {"field": n, "shape per token": str(tuple(f["shape"])), "dtype": f["dtype"]}
+                for n, f in self.fields.items()
+            ]
+        )
+
+    def charts(self) -> dict[str, alt.Chart]:
+        charts = {}
+        if self.attention_entropy:
+            data = pd.DataFrame(
+                [
+                    {"layer": int(layer), "head": h, "entropy": v}
+                    for layer, heads in self.attention_entropy.items()
+                    for h, v in enumerate(heads)
+                ]
+            )
+            charts["attention_entropy"] = (
+                alt.Chart(data, width=320, height=200)
+                .mark_rect()
+                .encode(
+                    x=alt.X("head:O"),
+                    y=alt.Y("layer:O", sort="descending"),
+                    color=alt.Color("entropy:Q", title="entropy (nats)"),
+                    tooltip=["layer", "head", "entropy"],
+                )
+                .properties(title=f"{self.model}: mean attention entropy per head")
+            )
+        if self.expert_load:
+            data = pd.DataFrame(
+                [
+                    {"layer": int(layer), "expert": e, "load": v}
+                    for layer, load in self.expert_load.items()
+                    for e, v in enumerate(load)
+                ]
+            )
+            charts["expert_load"] = (
+                alt.Chart(data, width=320, height=200)
+                .mark_rect()
+                .encode(
+                    x=alt.X("expert:O"),
+                    y=alt.Y("layer:O", sort="descending"),
+                    color=alt.Color("load:Q", title="f_e"),
+                    tooltip=["layer", "expert", "load"],
+                )
+                .properties(title=f"{self.model}: expert load per layer (share of tokens)")
+            )
+        return charts
+
+
+def capture_to_run(
+    handle,
+    windows,
+    run,
+    probes: list,
+    resume: bool = False,
+    batch_size: int = 8,
+    tokens_per_shard: int | None = None,
+    progress: bool = True,
+) -> CaptureResult:
+    """Capture `probes` over `windows` into run.path/store (resumable), and save a CaptureResult in `run`."""
+    from workbench.probes import ReducerSink, StoreSink, capture
+    from workbench.store import inspect_store
+
+    per_shard = tokens_per_shard or windows.context * max(
+        1, 8192 // windows.context
+    )  # whole windows per shard
+    info = {"model": handle.facts.to_dict(), "data": windows.slice_info, "command": run.command}
+    store = StoreSink(run.path / "store", info, resume=resume, tokens_per_shard=per_shard)
+    entropy, load = AttentionEntropyReducer(), ExpertLoadReducer(handle.facts.n_experts or 1)
+    capture(
+        handle,
+        windows,
+        probes,
+        TeeSink(store, ReducerSink([entropy, load])),
+        batch_size=batch_size,
+        progress=progress,
+    )
+    if store.resumed_from:  # the reducers saw only the new tokens: fold them again over the whole store
+        entropy, load = AttentionEntropyReducer(), ExpertLoadReducer(handle.facts.n_experts or 1)
+        _fold_store(run.path / "store", [entropy, load])
+    summary = inspect_store(run.path / "store")
+    result = CaptureResult(
+        model=handle.name,
+        tokens=summary["tokens"],
+        complete=summary["complete"],
+        fields=summary["hooks"],
+        bytes=summary["bytes"],
+        shards=summary["shards"],
+        provenance=Provenance(
+            model=handle.facts.to_dict(),
+            data=windows.slice_info,
+            seed=windows.slice_info.get("selection_seed"),
+            definition="values of the named hooks per token, as stored; attention rows are "
+            "[head, key] per query token; routing from the router's own output",
+            settings={"batch_size": batch_size, "tokens_per_shard": per_shard},
+            command=run.command,
+        ),
+        attention_entropy={str(k): v for k, v in entropy.result().items()},
+        expert_load={str(k): v for k, v in load.result().items()},
+    )
+    run.save([result], files=["store"])
+    return result
+
+
+def _fold_store(path, reducers: list) -> None:
+    """Run reducers over the attention and routing fields already in a store, batch by batch."""
+    from workbench.store import StoreReader
+
+    reader = StoreReader(path)
+    names = [n for n in reader.fields if _ATTENTION.match(n) or _TOPK.match(n)]
+    if not names:
+        return
+    for batch in reader.iter_batches(names, batch_size=4096):
+        values = {n: batch[n] for n in names}
+        for reducer in reducers:
+            reducer.update(values, batch)
