@@ -13,6 +13,7 @@ import altair as alt
 import pandas as pd
 import torch
 
+from workbench.errors import WorkbenchError
 from workbench.results import Provenance, Result, register_result
 
 _ATTENTION = re.compile(r"^attention\.blocks\.(\d+)\.(pattern|summary)$")
@@ -166,10 +167,12 @@ def capture_to_run(
     from workbench.probes import ReducerSink, StoreSink, capture
     from workbench.store import inspect_store
 
-    per_shard = tokens_per_shard or windows.context * max(
-        1, 8192 // windows.context
-    )  # whole windows per shard
+    # Shards hold whole batches, so a resumed capture repeats the clean run's batches exactly.
+    per_batch = windows.context * batch_size
+    per_shard = tokens_per_shard or per_batch * max(1, 8192 // per_batch)
     info = {"model": handle.facts.to_dict(), "data": windows.slice_info, "command": run.command}
+    if resume:
+        _check_same_capture(run.path / "store", info)
     store = StoreSink(run.path / "store", info, resume=resume, tokens_per_shard=per_shard)
     entropy, load = AttentionEntropyReducer(), ExpertLoadReducer(handle.facts.n_experts or 1)
     capture(
@@ -219,3 +222,19 @@ def _fold_store(path, reducers: list) -> None:
         values = {n: batch[n] for n in names}
         for reducer in reducers:
             reducer.update(values, batch)
+
+
+def _check_same_capture(path, info: dict) -> None:
+    """Refuse to resume a store that another model or another data slice started."""
+    from workbench.store import StoreReader
+
+    if not (path / "store.json").is_file():
+        return
+    before = StoreReader(path).manifest.get("info", {})
+    for key, now in (("model", info["model"]["checkpoint"]), ("data", info["data"])):
+        then = before.get("model", {}).get("checkpoint") if key == "model" else before.get("data")
+        if then != now:
+            raise WorkbenchError(
+                f"Cannot resume {path}: it was started with {key} {then!r}, not {now!r}. Resume with the "
+                "same --model, --corpus/--text, --tokens, --context and --seed, or use a new --out."
+            )
