@@ -9,17 +9,17 @@ from dataclasses import dataclass, field
 
 import torch
 from workbench.probes.base import DTYPES, per_token
-from workbench.store import FieldSpec
 
 from workbench.errors import WorkbenchError
 from workbench.models import ModelHandle
+from workbench.store import FieldSpec
 
 _LAYER = re.compile(r"^blocks\.(\d+)\.")
 
 
 def match_hooks(handle: ModelHandle, patterns: list[str], layers: list[int] | None = None) -> list[str]:
     """Hook names matching any pattern (fnmatch globs), optionally only in `layers`, in model order."""
-    names = list(handle.model.hook_dict)
+    names = list(handle.hook_points)
     chosen = []
     for pattern in patterns:
         found = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
@@ -63,7 +63,7 @@ class ActivationProbe:
         """Shapes come from one probing forward pass on a single short window."""
         names = self.resolve(handle)
         shapes: dict[str, tuple[int, ...]] = {}
-        hooks = [(handle.model.hook_dict[n], self._shape_hook(n, shapes)) for n in names]
+        hooks = [(handle.hook_points[n], self._shape_hook(n, shapes)) for n in names]
         handles = [module.register_forward_hook(hook) for module, hook in hooks]
         try:
             with torch.inference_mode():
@@ -83,7 +83,7 @@ class ActivationProbe:
     def hooks(self, handle: ModelHandle):
         names = self._names or self.resolve(handle)
         self._seen = {n: [] for n in names}
-        return [(handle.model.hook_dict[n], self._store_hook(n)) for n in names]
+        return [(handle.hook_points[n], self._store_hook(n)) for n in names]
 
     def _store_hook(self, name: str):
         def hook(module, inputs, output):

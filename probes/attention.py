@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 
 import torch
 from workbench.probes.base import DTYPES, per_token
-from workbench.store import FieldSpec
 
 from workbench.errors import WorkbenchError
 from workbench.models import ModelHandle
+from workbench.store import FieldSpec
 
 SUMMARIES = ("entropy", "first_token", "max")  # per query token and head
 
@@ -65,7 +65,7 @@ class AttentionProbe:
     def fields(self, handle: ModelHandle, context: int) -> list[FieldSpec]:
         self._check(handle)
         fired: set[str] = set()
-        modules = [handle.model.hook_dict[f"blocks.{layer}.attn.hook_pattern"] for layer in self._layers]
+        modules = [handle.hook_points[f"blocks.{layer}.attn.hook_pattern"] for layer in self._layers]
         handles = [m.register_forward_hook(lambda mod, i, o, m=m: fired.add(m.name)) for m in modules]
         try:
             with torch.inference_mode():
@@ -92,7 +92,7 @@ class AttentionProbe:
                     if kind != "pattern"
                     else f"blocks.{layer}.attn.hook_pattern"
                 )
-                pairs.append((handle.model.hook_dict[name], self._store_hook(layer, kind)))
+                pairs.append((handle.hook_points[name], self._store_hook(layer, kind)))
         return pairs
 
     def _store_hook(self, layer: int, kind: str):
@@ -119,4 +119,4 @@ class AttentionProbe:
 def _qk_hook(handle: ModelHandle, layer: int, kind: str) -> str:
     """The post-rotary query/key hook where the model has one, else the plain one."""
     rotary = f"blocks.{layer}.attn.hook_rot_{kind}"
-    return rotary if rotary in handle.model.hook_dict else f"blocks.{layer}.attn.hook_{kind}"
+    return rotary if rotary in handle.hook_points else f"blocks.{layer}.attn.hook_{kind}"

@@ -12,9 +12,9 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
-from workbench.store import FieldSpec
 
 from workbench.models import ModelHandle
+from workbench.store import FieldSpec
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -33,14 +33,35 @@ class Probe(Protocol):
         ...
 
 
+class ForwardDone(Exception):
+    """Raised by the last probe hook of a forward pass: nothing after it is needed (no unembedding)."""
+
+
 @contextlib.contextmanager
-def attached(handle: ModelHandle, probes: list[Any]) -> Iterator[None]:
-    """Register every probe's forward hooks for the duration of the block; always remove them."""
+def attached(handle: ModelHandle, probes: list[Any], stop_when_done: bool = False) -> Iterator[None]:
+    """Register every probe's forward hooks for the duration of the block; always remove them.
+
+    With `stop_when_done`, the hook that completes a forward pass's set raises ForwardDone, so the
+    layers after the last captured value (and the unembedding) are never computed. Each hook must
+    fire once per forward pass, as every probe's hooks do.
+    """
+    pairs = [pair for probe in probes for pair in probe.hooks(handle)]
+    fired: set[int] = set()
+
+    def counted(index: int, hook: Callable) -> Callable:
+        def wrapper(module, inputs, output):
+            hook(module, inputs, output)
+            fired.add(index)
+            if len(fired) == len(pairs):
+                fired.clear()
+                raise ForwardDone
+
+        return wrapper
+
     handles = []
     try:
-        for probe in probes:
-            for module, hook in probe.hooks(handle):
-                handles.append(module.register_forward_hook(hook))
+        for i, (module, hook) in enumerate(pairs):
+            handles.append(module.register_forward_hook(counted(i, hook) if stop_when_done else hook))
         yield
     finally:
         for h in handles:

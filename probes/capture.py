@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from workbench.probes.base import attached
+from workbench.probes.base import ForwardDone, attached
 from workbench.probes.sinks import Sink
 
 from workbench.corpus import TokenWindows
@@ -32,11 +33,13 @@ def capture(
     sink: Sink,
     batch_size: int = 8,
     progress: bool = True,
+    stop_early: bool = True,
 ) -> Sink:
     """Run every window through the model with `probes` attached; each batch's values go to `sink`.
 
     A resumed store reports the tokens it already holds; whole windows up to there are skipped, so a
-    killed capture ends with exactly the tokens and values of a clean run.
+    killed capture ends with exactly the tokens and values of a clean run. With `stop_early`, each
+    forward pass stops once the last probe has its values (a capture of early layers is cheap).
     """
     fields = [spec for probe in probes for spec in probe.fields(handle, windows.context)]
     if not fields:
@@ -50,10 +53,11 @@ def capture(
         total=windows.n_tokens, initial=done, unit="tok", desc=f"capture {handle.name}", disable=not progress
     )
     try:
-        with attached(handle, probes), torch.inference_mode():
+        with attached(handle, probes, stop_when_done=stop_early), torch.inference_mode():
             for batch in windows.batches(batch_size, first_window=done // windows.context):
                 b, pos = batch.tokens.shape
-                handle.logits(batch.tokens)
+                with contextlib.suppress(ForwardDone):  # every probe has its values: skip the rest
+                    handle.logits(batch.tokens)
                 values: dict[str, torch.Tensor] = {}
                 for probe in probes:
                     values |= probe.take(b, pos)

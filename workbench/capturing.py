@@ -153,6 +153,20 @@ class CaptureResult(Result):
         return charts
 
 
+SHARD_BYTES = 64 * 2**20
+
+
+def shard_tokens(probes: list, handle, context: int, batch_size: int, target_bytes: int = SHARD_BYTES) -> int:
+    """Tokens per shard: whole batches (so a resumed capture repeats a clean run's batches exactly),
+    about `target_bytes` per shard (two shards are in memory at most: one filling, one being written)."""
+    from workbench.store import estimate_bytes
+
+    fields = [spec for probe in probes for spec in probe.fields(handle, context)]
+    per_batch = context * batch_size
+    batch_bytes = max(1, estimate_bytes(fields, per_batch))
+    return per_batch * max(1, target_bytes // batch_bytes)
+
+
 def capture_to_run(
     handle,
     windows,
@@ -167,9 +181,10 @@ def capture_to_run(
     from workbench.probes import ReducerSink, StoreSink, capture
     from workbench.store import inspect_store
 
-    # Shards hold whole batches, so a resumed capture repeats the clean run's batches exactly.
-    per_batch = windows.context * batch_size
-    per_shard = tokens_per_shard or per_batch * max(1, 8192 // per_batch)
+    per_batch = windows.context * batch_size  # shards hold whole batches, so resumes repeat batches exactly
+    per_shard = shard_tokens(probes, handle, windows.context, batch_size)
+    if tokens_per_shard:
+        per_shard = -(-tokens_per_shard // per_batch) * per_batch
     info = {"model": handle.facts.to_dict(), "data": windows.slice_info, "command": run.command}
     if resume:
         _check_same_capture(run.path / "store", info)

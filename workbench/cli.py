@@ -164,7 +164,15 @@ def cmd_capture(args: argparse.Namespace) -> dict:
             )
         if args.routing:
             probes.append(RoutingProbe(layers=args.layers))
-        result = capture_to_run(handle, windows, run, probes, resume=args.resume, batch_size=args.batch_size)
+        result = capture_to_run(
+            handle,
+            windows,
+            run,
+            probes,
+            resume=args.resume,
+            batch_size=args.batch_size,
+            tokens_per_shard=args.shard_tokens,
+        )
     if not args.json:
         print(
             f"captured {result.tokens} tokens, {len(result.fields)} fields, {result.bytes / 1e6:.1f} MB "
@@ -205,6 +213,9 @@ def capture_flags(parser: argparse.ArgumentParser) -> None:
         "--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="storage dtype"
     )
     g.add_argument("--resume", action="store_true", help="continue an interrupted capture in --out")
+    g.add_argument(
+        "--shard-tokens", type=positive_int, help="tokens per shard (default: about 64 MB, whole batches)"
+    )
 
 
 def cmd_bench(args: argparse.Namespace) -> dict:

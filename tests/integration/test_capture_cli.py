@@ -99,20 +99,8 @@ def _store_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_kill_and_resume_matches_a_clean_run(tmp_path):
-    args = [
-        "--model",
-        "tiny-relu",
-        "--hooks",
-        "blocks.0.mlp.hook_post",
-        "--hooks",
-        "blocks.2.hook_resid_post",
-        "--tokens",
-        "16384",
-        "--batch-size",
-        "2",
-        "--dtype",
-        "float16",
-    ]
+    args = "--model tiny-relu --hooks blocks.0.mlp.hook_post --hooks blocks.2.hook_resid_post --tokens 32768"
+    args = [*args.split(), "--batch-size", "2", "--dtype", "float16", "--shard-tokens", "512"]  # 64 shards
     clean = cli("capture", *args, "--out", str(tmp_path / "clean"))
     assert clean.wait(timeout=600) == 0, clean.stderr.read()
 

@@ -116,7 +116,7 @@ def test_killed_capture_resumes_to_the_clean_result(tmp_path):
 
     reference, resumed = StoreReader(tmp_path / "clean", verify=True), StoreReader(killed, verify=True)
     assert resumed.complete and resumed.n_tokens == reference.n_tokens == N_TOKENS
-    keys = ("file", "start", "stop", "bytes", "sha256")
+    keys = ("file", "start", "stop", "bytes", "xxh3_128")
     assert [{k: s[k] for k in keys} for s in resumed.shards] == [
         {k: s[k] for k in keys} for s in reference.shards
     ]

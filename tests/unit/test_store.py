@@ -307,6 +307,7 @@ def test_resume_after_crash_matches_a_clean_run(tmp_path):
     crashed = tmp_path / "crashed"
     writer = StoreWriter.open(crashed, ALL_DTYPES, n, INFO, tokens_per_shard=7)
     feed(writer, data, 0, 25)
+    writer.wait_durable()  # full shards are written in a background thread
     assert writer.tokens_done == 21 and writer.tokens_appended == 25  # 3 durable shards + 4 buffered tokens
     manifest = json.loads((crashed / "store.json").read_text())
     assert manifest["status"] == "writing" and manifest["tokens_written"] == 21
@@ -330,7 +331,7 @@ def test_resume_after_crash_matches_a_clean_run(tmp_path):
     clean, resumed = StoreReader(tmp_path / "clean", verify=True), StoreReader(crashed, verify=True)
     assert resumed.complete and resumed.n_tokens == n
     assert_same(read_all(resumed), read_all(clean))
-    strip = [{k: s[k] for k in ("file", "start", "stop", "bytes", "sha256")} for s in clean.shards]
+    strip = [{k: s[k] for k in ("file", "start", "stop", "bytes", "xxh3_128")} for s in clean.shards]
     assert resumed.shards == strip  # byte-identical shards
     assert resumed.manifest["resumes"][0]["removed"] == [
         ".shard-00003.safetensors.tmp",
@@ -420,7 +421,7 @@ def test_inspect_store(store):
     manifest = json.loads((path / "store.json").read_text())
     assert manifest["info"] == INFO and manifest["format"] == "workbench-store/1"
     assert {"created", "updated", "completed", "fields", "n_tokens", "tokens_written"} <= set(manifest)
-    assert set(manifest["shards"][0]) == {"file", "start", "stop", "bytes", "sha256"}
+    assert set(manifest["shards"][0]) == {"file", "start", "stop", "bytes", "xxh3_128"}
 
 
 def test_failed_shard_write_is_explained_and_resumable(tmp_path, monkeypatch):
@@ -429,18 +430,41 @@ def test_failed_shard_write_is_explained_and_resumable(tmp_path, monkeypatch):
     data = make_data(ALL_DTYPES, 20)
     writer = StoreWriter.open(tmp_path / "s", ALL_DTYPES, 20, INFO, tokens_per_shard=8)
     feed(writer, data, 0, 8)
-    real_save = writer_module.save_file
+    real_write = writer_module.write_shard
 
-    def disk_full(tensors, filename, metadata):
-        Path(filename).write_bytes(b"half a shard")
+    def disk_full(path, tensors, metadata):
+        Path(path).write_bytes(b"half a shard")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(writer_module, "save_file", disk_full)
+    monkeypatch.setattr(writer_module, "write_shard", disk_full)
     with pytest.raises(
         WorkbenchError, match=r"shard-00001\.safetensors .*No space left.*8 tokens .* --resume"
     ):
         feed(writer, data, 8, 16)
+        writer.wait_durable()  # the shard is written in the background; its error surfaces here
     writer.abort()
-    monkeypatch.setattr(writer_module, "save_file", real_save)
+    monkeypatch.setattr(writer_module, "write_shard", real_write)
     write_store(tmp_path / "s", ALL_DTYPES, data, 20, start=8, tokens_per_shard=8)
     assert_same(read_all(StoreReader(tmp_path / "s", verify=True)), data)
+
+
+def test_shard_files_are_standard_safetensors(tmp_path):
+    """Our single-pass writer produces files the safetensors library reads, with a matching checksum."""
+    import xxhash
+    from safetensors import safe_open
+
+    from workbench.store.shardfile import write_shard
+
+    tensors = {
+        "a": torch.randn(5, 3),
+        "b": torch.randn(5, 2).to(torch.bfloat16),
+        "c": torch.arange(5),
+        "d": torch.randn(5, 4).half(),
+    }
+    size, digest = write_shard(tmp_path / "x.safetensors", tensors, {"k": "v"})
+    raw = (tmp_path / "x.safetensors").read_bytes()
+    assert size == len(raw) and digest == xxhash.xxh3_128(raw).hexdigest()
+    with safe_open(str(tmp_path / "x.safetensors"), framework="pt") as f:
+        assert f.metadata() == {"k": "v"}
+        for name, tensor in tensors.items():
+            assert torch.equal(f.get_tensor(name), tensor)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -55,9 +56,14 @@ class ModelHandle:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @functools.cached_property
+    def hook_points(self) -> dict[str, Any]:
+        """Name -> HookPoint module, cached: the bridge rebuilds `hook_dict` on every access (~10 ms)."""
+        return dict(self.model.hook_dict)
+
     def hook_names(self) -> list[str]:
         """Every hook point the model exposes, by its TransformerLens name."""
-        return sorted(self.model.hook_dict)
+        return sorted(self.hook_points)
 
     def logits(self, tokens: torch.Tensor) -> torch.Tensor:
         """Logits [batch, pos, d_vocab] of a forward pass over token ids [batch, pos] (no BOS added)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import xxhash
 
 from workbench.errors import WorkbenchError
 
@@ -185,8 +185,9 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def sha256_file(path: Path, fsync: bool = False) -> str:
-    digest = hashlib.sha256()
+def checksum_file(path: Path, fsync: bool = False) -> str:
+    """xxh3-128 of a file: catches damage anywhere at memory speed (sha256 cost a third of write time)."""
+    digest = xxhash.xxh3_128()
     with open(path, "r+b" if fsync else "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)

@@ -2,7 +2,7 @@
 
 Every shard read checks the file's size against the manifest (one stat, so a truncated or missing
 shard is never read) and its header against the fields; `verify=True` or `verify()` also checks each
-shard's sha256, which catches changed bytes anywhere.
+shard's xxh3-128 checksum, which catches changed bytes anywhere.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from workbench.store.format import (
     SAFETENSORS_DTYPES,
     SHARD_METADATA_KEY,
     FieldSpec,
+    checksum_file,
     field_key,
     load_manifest,
     meta_key,
-    sha256_file,
     size_problem,
 )
 
@@ -59,7 +59,7 @@ class StoreReader:
         return self.n_tokens
 
     def verify(self) -> list[str]:
-        """File names of shards that are missing, truncated or changed (sha256); [] when all are good."""
+        """File names of shards that are missing, truncated or changed (checksum); [] when all are good."""
         return list(self._problems())
 
     def iter_batches(
@@ -229,8 +229,8 @@ class StoreReader:
         problems = {}
         for entry in self.shards:
             problem = size_problem(self.path, entry)
-            if problem is None and sha256_file(self.path / entry["file"]) != entry["sha256"]:
-                problem = "changed since it was written (sha256 mismatch)"
+            if problem is None and checksum_file(self.path / entry["file"]) != entry["xxh3_128"]:
+                problem = "changed since it was written (checksum mismatch)"
             if problem:
                 problems[entry["file"]] = problem
         return problems

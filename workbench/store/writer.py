@@ -1,7 +1,10 @@
 """StoreWriter: buffers appended tokens into one shard-sized buffer and writes each full shard durably.
 
+A full shard is written by one background thread while the next one fills, so capture overlaps its
+forward passes with serialising, hashing and fsyncing (at most two shards are in memory).
+
 Durability order for every shard: write `.shard-N.safetensors.tmp`, fsync, rename to its final name,
-fsync the folder, and only then list it (with size and sha256) in a fresh manifest. Whatever moment
+fsync the folder, and only then list it (with size and checksum) in a fresh manifest. Whatever moment
 the process dies, the manifest lists only whole shards; resume deletes anything else of ours.
 """
 
@@ -9,12 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import save_file
 
 from workbench.errors import WorkbenchError
 from workbench.store.format import (
@@ -30,13 +32,13 @@ from workbench.store.format import (
     fsync_dir,
     meta_key,
     now,
-    sha256_file,
     shard_name,
     temp_name,
     write_manifest,
 )
 from workbench.store.lock import StoreLock
 from workbench.store.opening import check_folder, preflight, prepare
+from workbench.store.shardfile import write_shard
 
 
 class StoreWriter:
@@ -62,6 +64,9 @@ class StoreWriter:
         self._lock = lock
         self._buffer: dict[str, torch.Tensor] | None = None  # shard key -> [capacity, *shape]
         self._filled = 0
+        self._queued = self.tokens_done  # tokens handed to the shard writer (durable or in flight)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
+        self._pending: Future | None = None
 
     @classmethod
     def open(
@@ -112,8 +117,8 @@ class StoreWriter:
 
     @property
     def tokens_appended(self) -> int:
-        """Tokens handed to `append` so far (durable plus buffered)."""
-        return self.tokens_done + self._filled
+        """Tokens handed to `append` so far (durable, being written, or buffered)."""
+        return self._queued + self._filled
 
     def append(self, tensors: dict[str, torch.Tensor], meta: dict[str, torch.Tensor]) -> None:
         """Add a batch: `tensors[name]` is [n, *shape] per field, `meta[k]` is [n] per META_FIELDS key."""
@@ -131,7 +136,7 @@ class StoreWriter:
         with torch.inference_mode(False), torch.no_grad():  # a plain buffer, whatever mode the caller is in
             while offset < n:
                 buffer = self._ensure_buffer()
-                capacity = min(self.tokens_per_shard, self.n_tokens - self.tokens_done)
+                capacity = min(self.tokens_per_shard, self.n_tokens - self._queued)
                 take = min(capacity - self._filled, n - offset)
                 for key, source in sources.items():
                     buffer[key][self._filled : self._filled + take].copy_(source[offset : offset + take])
@@ -150,6 +155,7 @@ class StoreWriter:
             return
         try:
             self._flush()
+            self._wait()
             if self.tokens_done < self.n_tokens:
                 raise WorkbenchError(
                     f"The store {self.path} was closed after {self.tokens_done:,} of the {self.n_tokens:,} "
@@ -161,10 +167,14 @@ class StoreWriter:
                 write_manifest(self.path, self._manifest)
         finally:
             self._buffer = None
+            self._pool.shutdown(wait=True)
             self._lock.release()
 
     def abort(self) -> None:
         """Release the store after an error: buffered tokens are dropped, the store stays resumable."""
+        with contextlib.suppress(Exception):  # a shard already in flight may finish; it is whole or absent
+            self._wait()
+        self._pool.shutdown(wait=True)
         self._buffer = None
         self._filled = 0
         self._lock.release()
@@ -218,39 +228,52 @@ class StoreWriter:
 
     def _ensure_buffer(self) -> dict[str, torch.Tensor]:
         if self._buffer is None:
-            rows = min(self.tokens_per_shard, self.n_tokens - self.tokens_done)
+            rows = min(self.tokens_per_shard, self.n_tokens - self._queued)
             self._buffer = {
                 field_key(f.name): torch.empty((rows, *f.shape), dtype=f.torch_dtype) for f in self.fields
             }
             self._buffer |= {meta_key(k): torch.empty(rows, dtype=DTYPES[META_DTYPE]) for k in META_FIELDS}
         return self._buffer
 
+    def wait_durable(self) -> None:
+        """Block until every full shard handed over so far is on disk and listed (tokens_done is final)."""
+        self._wait()
+
+    def _wait(self) -> None:
+        """Wait for the shard in flight; re-raise its error here, in the caller's thread."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
     def _flush(self) -> None:
-        """Write the buffered tokens as the next shard, durably, then list it in the manifest."""
+        """Hand the buffered tokens to the shard writer thread (after the previous shard is durable)."""
         if self._filled == 0 or self._buffer is None:
             return
-        start, stop = self.tokens_done, self.tokens_done + self._filled
+        self._wait()  # keeps shards in order and at most two in memory
+        start, stop = self._queued, self._queued + self._filled
+        tensors = {k: v[: self._filled] for k, v in self._buffer.items()}
+        self._buffer, self._filled, self._queued = None, 0, stop
+        self._pending = self._pool.submit(self._write_shard, tensors, start, stop)
+
+    def _write_shard(self, tensors: dict[str, torch.Tensor], start: int, stop: int) -> None:
+        """Write one shard durably, then list it in the manifest (runs in the writer thread)."""
         name = shard_name(len(self._manifest["shards"]))
         tmp = self.path / temp_name(name)
         header = json.dumps({"format": STORE_FORMAT, "start": start, "stop": stop})
-        tensors = {k: v[: self._filled] for k, v in self._buffer.items()}
         try:
-            save_file(tensors, tmp, metadata={SHARD_METADATA_KEY: header})
-            digest = sha256_file(tmp, fsync=True)
-            size = tmp.stat().st_size
+            size, digest = write_shard(tmp, tensors, {SHARD_METADATA_KEY: header})
             tmp.replace(self.path / name)
             fsync_dir(self.path)
-        except (OSError, SafetensorError) as e:  # disk full, folder gone, ...: the listed shards stay good
+        except OSError as e:  # disk full, folder gone, ...: the listed shards stay good
             raise WorkbenchError(
                 f"Writing shard {name} into {self.path} failed ({e}). The {self.tokens_done:,} tokens "
                 "already listed are safe: fix the cause (e.g. free disk space) and resume with --resume."
             ) from e
-        entry = {"file": name, "start": start, "stop": stop, "bytes": size, "sha256": digest}
+        entry = {"file": name, "start": start, "stop": stop, "bytes": size, "xxh3_128": digest}
         self._manifest["shards"].append(entry)
         self._manifest["tokens_written"] = stop
         write_manifest(self.path, self._manifest)
         self.tokens_done = stop
-        self._filled = 0
 
 
 def _check_dtype(name: str, t: torch.Tensor, stored: torch.dtype) -> None:
