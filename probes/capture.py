@@ -34,35 +34,47 @@ def capture(
     batch_size: int = 8,
     progress: bool = True,
     stop_early: bool = True,
+    n_tokens: int | None = None,
 ) -> Sink:
     """Run every window through the model with `probes` attached; each batch's values go to `sink`.
 
     A resumed store reports the tokens it already holds; whole windows up to there are skipped, so a
     killed capture ends with exactly the tokens and values of a clean run. With `stop_early`, each
     forward pass stops once the last probe has its values (a capture of early layers is cheap).
+    `n_tokens` keeps exactly that many tokens: the last window is cut short (default: every window).
     """
     fields = [spec for probe in probes for spec in probe.fields(handle, windows.context)]
     if not fields:
         raise WorkbenchError("Nothing to capture: give at least one hook pattern, --attention or --routing.")
-    done = sink.open(fields, windows.n_tokens)
-    if done % windows.context:
+    total = windows.n_tokens if n_tokens is None else min(n_tokens, windows.n_tokens)
+    done = sink.open(fields, total)
+    if done < total and done % windows.context:
         raise WorkbenchError(
             f"The store holds {done} tokens, not a whole number of {windows.context}-token windows."
         )
-    bar = tqdm(
-        total=windows.n_tokens, initial=done, unit="tok", desc=f"capture {handle.name}", disable=not progress
-    )
+    bar = tqdm(total=total, initial=done, unit="tok", desc=f"capture {handle.name}", disable=not progress)
     try:
         with attached(handle, probes, stop_when_done=stop_early), torch.inference_mode():
-            for batch in windows.batches(batch_size, first_window=done // windows.context):
+            batches = (
+                windows.batches(batch_size, first_window=done // windows.context) if done < total else []
+            )
+            for batch in batches:
                 b, pos = batch.tokens.shape
                 with contextlib.suppress(ForwardDone):  # every probe has its values: skip the rest
                     handle.logits(batch.tokens)
                 values: dict[str, torch.Tensor] = {}
                 for probe in probes:
                     values |= probe.take(b, pos)
-                sink.consume(values, batch_meta(batch, pos))
-                bar.update(b * pos)
+                meta = batch_meta(batch, pos)
+                keep = min(b * pos, total - done)
+                if keep < b * pos:  # the requested token count ends inside this batch
+                    values = {k: v[:keep] for k, v in values.items()}
+                    meta = {k: v[:keep] for k, v in meta.items()}
+                sink.consume(values, meta)
+                done += keep
+                bar.update(keep)
+                if done >= total:
+                    break
     except BaseException:
         getattr(sink, "abort", lambda: None)()
         raise

@@ -176,6 +176,7 @@ def capture_to_run(
     batch_size: int = 8,
     tokens_per_shard: int | None = None,
     progress: bool = True,
+    n_tokens: int | None = None,
 ) -> CaptureResult:
     """Capture `probes` over `windows` into run.path/store (resumable), and save a CaptureResult in `run`."""
     from workbench.probes import ReducerSink, StoreSink, capture
@@ -197,6 +198,7 @@ def capture_to_run(
         TeeSink(store, ReducerSink([entropy, load])),
         batch_size=batch_size,
         progress=progress,
+        n_tokens=n_tokens,
     )
     if store.resumed_from:  # the reducers saw only the new tokens: fold them again over the whole store
         entropy, load = AttentionEntropyReducer(), ExpertLoadReducer(handle.facts.n_experts or 1)

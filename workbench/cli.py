@@ -172,6 +172,7 @@ def cmd_capture(args: argparse.Namespace) -> dict:
             resume=args.resume,
             batch_size=args.batch_size,
             tokens_per_shard=args.shard_tokens,
+            n_tokens=args.tokens,
         )
     if not args.json:
         print(
