@@ -6,6 +6,7 @@ expert load per layer), so the report never has to read the shards back.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -15,6 +16,7 @@ import torch
 
 from workbench.errors import WorkbenchError
 from workbench.results import Provenance, Result, register_result
+from workbench.store.format import DTYPES
 
 _ATTENTION = re.compile(r"^attention\.blocks\.(\d+)\.(pattern|summary)$")
 _TOPK = re.compile(r"^routing\.blocks\.(\d+)\.topk_indices$")
@@ -103,12 +105,28 @@ class CaptureResult(Result):
     expert_load: dict[str, list[float]] = field(default_factory=dict)  # layer -> per expert
 
     def table(self) -> pd.DataFrame:
-        return pd.DataFrame(
-            [
-                {"field": n, "shape per token": str(tuple(f["shape"])), "dtype": f["dtype"]}
-                for n, f in self.fields.items()
-            ]
+        """One row per stored field with its size; the last row is the whole store (shards included)."""
+        rows = [
+            {
+                "field": n,
+                "shape per token": str(tuple(f["shape"])),
+                "dtype": f["dtype"],
+                "MB": self.tokens
+                * math.prod(f["shape"])
+                * torch.empty(0, dtype=DTYPES[f["dtype"]]).element_size()
+                / 1e6,
+            }
+            for n, f in self.fields.items()
+        ]
+        rows.append(
+            {
+                "field": f"all, with metadata: {self.tokens:,} tokens in {self.shards} shards",
+                "shape per token": "",
+                "dtype": "",
+                "MB": self.bytes / 1e6,
+            }
         )
+        return pd.DataFrame(rows)
 
     def charts(self) -> dict[str, alt.Chart]:
         charts = {}
