@@ -8,10 +8,10 @@ import re
 from dataclasses import dataclass, field
 
 import torch
-from workbench.probes.base import DTYPES, per_token
 
 from workbench.errors import WorkbenchError
 from workbench.models import ModelHandle
+from workbench.probes.base import DTYPES, per_token
 from workbench.store import FieldSpec
 
 _LAYER = re.compile(r"^blocks\.(\d+)\.")

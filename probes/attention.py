@@ -12,10 +12,10 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-from workbench.probes.base import DTYPES, per_token
 
 from workbench.errors import WorkbenchError
 from workbench.models import ModelHandle
+from workbench.probes.base import DTYPES, per_token
 from workbench.store import FieldSpec
 
 SUMMARIES = ("entropy", "first_token", "max")  # per query token and head

@@ -7,12 +7,12 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from workbench.probes.base import ForwardDone, attached
-from workbench.probes.sinks import Sink
 
 from workbench.corpus import TokenWindows
 from workbench.errors import WorkbenchError
 from workbench.models import ModelHandle
+from workbench.probes.base import ForwardDone, attached
+from workbench.probes.sinks import Sink
 
 
 def batch_meta(batch, pos: int) -> dict[str, torch.Tensor]:

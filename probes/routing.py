@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from workbench.probes.base import per_token
-from workbench.store import FieldSpec
 
 from workbench.errors import WorkbenchError
 from workbench.models import ModelHandle
+from workbench.probes.base import per_token
+from workbench.store import FieldSpec
 
 
 def moe_layers(handle: ModelHandle) -> list[int]:

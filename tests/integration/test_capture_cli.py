@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from workbench.probes import ActivationProbe, AttentionProbe, MemorySink, RoutingProbe, capture
 
 from workbench.cli import main
 from workbench.corpus import windows_for
 from workbench.models import load_model
+from workbench.probes import ActivationProbe, AttentionProbe, MemorySink, RoutingProbe, capture
 from workbench.store import StoreReader
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
-from workbench.probes import ActivationProbe, AttentionProbe, MemorySink, RoutingProbe, capture
 
 from tests.conftest import KINDS
 from workbench.corpus import load_corpus, make_windows
 from workbench.errors import WorkbenchError
 from workbench.models import load_model
+from workbench.probes import ActivationProbe, AttentionProbe, MemorySink, RoutingProbe, capture
 
 
 def _windows(handle, n=3, context=16):
