@@ -34,23 +34,11 @@ def browser():
 
 
 def test_every_chart_draws_offline(browser, checkpoints, tmp_path):
+    model = ["--model", str(checkpoints["mixtral"]), "--tokens", "256", "--context", "32"]
+    capture_run = tmp_path / "capture"
+    assert main(["capture", *model, "--attention", "--routing", "--out", str(capture_run)]) == 0
     out = tmp_path / "run"
-    assert (
-        main(
-            [
-                "report",
-                "--model",
-                str(checkpoints["mixtral"]),
-                "--tokens",
-                "256",
-                "--context",
-                "32",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert main(["report", *model, "--out", str(out), "--include", str(capture_run)]) == 0
     page_url = (out / "report.html").resolve().as_uri()
     outside, errors = [], []
     page = browser.new_page()
@@ -66,7 +54,7 @@ def test_every_chart_draws_offline(browser, checkpoints, tmp_path):
     page.route("**/*", guard)
     page.goto(page_url)
     charts = page.locator("div.chart")
-    assert charts.count() == 5
+    assert charts.count() == 7  # 5 of the evaluation report + attention entropy and expert load
     for i in range(charts.count()):
         charts.nth(i).locator("svg, canvas").first.wait_for(state="attached", timeout=30_000)
         assert "chart failed" not in charts.nth(i).inner_text()
