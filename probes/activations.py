@@ -11,7 +11,7 @@ import torch
 
 from workbench.errors import WorkbenchError
 from workbench.models import ModelHandle
-from workbench.probes.base import DTYPES, per_token
+from workbench.probes.base import DTYPES, per_token, probing_pass
 from workbench.store import FieldSpec
 
 _LAYER = re.compile(r"^blocks\.(\d+)\.")
@@ -63,14 +63,7 @@ class ActivationProbe:
         """Shapes come from one probing forward pass on a single short window."""
         names = self.resolve(handle)
         shapes: dict[str, tuple[int, ...]] = {}
-        hooks = [(handle.hook_points[n], self._shape_hook(n, shapes)) for n in names]
-        handles = [module.register_forward_hook(hook) for module, hook in hooks]
-        try:
-            with torch.inference_mode():
-                handle.logits(torch.zeros(1, 2, dtype=torch.long))
-        finally:
-            for h in handles:
-                h.remove()
+        probing_pass(handle, [(handle.hook_points[n], self._shape_hook(n, shapes)) for n in names])
         return [FieldSpec(n, shapes[n], self.dtype) for n in names]
 
     @staticmethod

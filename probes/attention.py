@@ -15,7 +15,7 @@ import torch
 
 from workbench.errors import WorkbenchError
 from workbench.models import ModelHandle
-from workbench.probes.base import DTYPES, per_token
+from workbench.probes.base import DTYPES, per_token, probing_pass
 from workbench.store import FieldSpec
 
 SUMMARIES = ("entropy", "first_token", "max")  # per query token and head
@@ -66,13 +66,7 @@ class AttentionProbe:
         self._check(handle)
         fired: set[str] = set()
         modules = [handle.hook_points[f"blocks.{layer}.attn.hook_pattern"] for layer in self._layers]
-        handles = [m.register_forward_hook(lambda mod, i, o, m=m: fired.add(m.name)) for m in modules]
-        try:
-            with torch.inference_mode():
-                handle.logits(torch.zeros(1, 2, dtype=torch.long))
-        finally:
-            for h in handles:
-                h.remove()
+        probing_pass(handle, [(m, lambda mod, i, o, m=m: fired.add(m.name)) for m in modules])
         self._recompute = {
             layer for layer in self._layers if f"blocks.{layer}.attn.hook_pattern" not in fired
         }

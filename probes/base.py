@@ -77,3 +77,14 @@ def per_token(tensor: torch.Tensor, batch: int, pos: int) -> torch.Tensor:
     raise ValueError(
         f"cannot read a per-token value from shape {tuple(tensor.shape)} (batch {batch}, pos {pos})"
     )
+
+
+def probing_pass(handle: ModelHandle, hooks: list[tuple[nn.Module, Callable]]) -> None:
+    """One forward pass over a 2-token input with temporary hooks: how probes learn shapes and paths."""
+    handles = [module.register_forward_hook(hook) for module, hook in hooks]
+    try:
+        with torch.inference_mode():
+            handle.logits(torch.zeros(1, 2, dtype=torch.long))
+    finally:
+        for h in handles:
+            h.remove()

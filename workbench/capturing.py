@@ -131,44 +131,36 @@ class CaptureResult(Result):
     def charts(self) -> dict[str, alt.Chart]:
         charts = {}
         if self.attention_entropy:
-            data = pd.DataFrame(
-                [
-                    {"layer": int(layer), "head": h, "entropy": v}
-                    for layer, heads in self.attention_entropy.items()
-                    for h, v in enumerate(heads)
-                ]
-            )
-            charts["attention_entropy"] = (
-                alt.Chart(data, width=320, height=200)
-                .mark_rect()
-                .encode(
-                    x=alt.X("head:O"),
-                    y=alt.Y("layer:O", sort="descending"),
-                    color=alt.Color("entropy:Q", title="entropy (nats)"),
-                    tooltip=["layer", "head", "entropy"],
-                )
-                .properties(title=f"{self.model}: mean attention entropy per head")
+            title = f"{self.model}: mean attention entropy per head"
+            charts["attention_entropy"] = _layer_heatmap(
+                self.attention_entropy, "head", "entropy (nats)", title
             )
         if self.expert_load:
-            data = pd.DataFrame(
-                [
-                    {"layer": int(layer), "expert": e, "load": v}
-                    for layer, load in self.expert_load.items()
-                    for e, v in enumerate(load)
-                ]
-            )
-            charts["expert_load"] = (
-                alt.Chart(data, width=320, height=200)
-                .mark_rect()
-                .encode(
-                    x=alt.X("expert:O"),
-                    y=alt.Y("layer:O", sort="descending"),
-                    color=alt.Color("load:Q", title="f_e"),
-                    tooltip=["layer", "expert", "load"],
-                )
-                .properties(title=f"{self.model}: expert load per layer (share of tokens)")
-            )
+            title = f"{self.model}: expert load per layer (share of tokens)"
+            charts["expert_load"] = _layer_heatmap(self.expert_load, "expert", "f_e", title)
         return charts
+
+
+def _layer_heatmap(values: dict[str, list[float]], column: str, measure: str, title: str) -> alt.Chart:
+    """Layers down, `column` (head or expert) across, colour = the measure."""
+    data = pd.DataFrame(
+        [
+            {"layer": int(layer), column: i, measure: v}
+            for layer, row in values.items()
+            for i, v in enumerate(row)
+        ]
+    )
+    return (
+        alt.Chart(data, width=320, height=200)
+        .mark_rect()
+        .encode(
+            x=alt.X(f"{column}:O"),
+            y=alt.Y("layer:O", sort="descending"),
+            color=alt.Color(f"{measure}:Q"),
+            tooltip=["layer", column, measure],
+        )
+        .properties(title=title)
+    )
 
 
 SHARD_BYTES = 64 * 2**20
