@@ -235,6 +235,51 @@ def bench_flags(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(tokens=4096, batch_size=4)
 
 
+def cmd_sparsity(args: argparse.Namespace) -> dict:
+    from workbench.models import load_model
+    from workbench.runs import RunFolder
+    from workbench.sparsity_result import run_sparsity
+
+    run = RunFolder.create(args.out, "sparsity", args.command_line) if args.out else None
+    with run or contextlib.nullcontext():
+        handle = load_model(args.model or default_model(progress=True), device=args.device)
+        result = run_sparsity(
+            handle,
+            args.definition,
+            args.inputs.split(","),
+            args.tokens,
+            args.context,
+            args.batch_size,
+            args.seed,
+            corpus=args.corpus,
+            text=args.text,
+            calibration_tokens=args.calibration_tokens,
+        )
+        result.provenance.command = args.command_line
+        if run:
+            run.save([result])
+    if not args.json:
+        print(result.table().to_string(index=False))
+        print({kind: round(body["density_mean"], 4) for kind, body in result.by_input.items()})
+    keep = ("model", "definition", "tokens", "density_mean", "layers", "by_input", "by_domain", "provenance")
+    return {k: v for k, v in result.to_dict().items() if k in keep}
+
+
+def sparsity_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--definition",
+        help="exact_zero (ReLU default), positive (others' default), "
+        "magnitude@P, cett@R or topk@K (PAPERS.md §1)",
+    )
+    parser.add_argument("--inputs", default="heldout", help="comma list of heldout, train, random")
+    parser.add_argument(
+        "--calibration-tokens",
+        type=positive_int,
+        default=2048,
+        help="train-split tokens for magnitude@P and cett@R thresholds",
+    )
+
+
 def report_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--include",
@@ -277,6 +322,15 @@ COMMANDS.register(
 COMMANDS.register(
     "bench",
     Command(cmd_bench, "benchmarks that print ratios against same-run baselines", extra_flags=bench_flags),
+)
+
+COMMANDS.register(
+    "sparsity",
+    Command(
+        cmd_sparsity,
+        "lazy-neuron activation density per layer, input kind and domain",
+        extra_flags=sparsity_flags,
+    ),
 )
 
 

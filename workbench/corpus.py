@@ -250,3 +250,28 @@ def windows_for(
     context = min(context, handle.facts.n_ctx)
     windows = make_windows(docs, handle.tokenizer, context, handle.separator_token_id, source)
     return windows.select(n_tokens, seed)
+
+
+def random_windows(vocab_size: int, n_tokens: int, context: int, seed: int = 0) -> TokenWindows:
+    """Uniformly random token ids (the lazy-neuron paper's random-input experiment), domain "random"."""
+    n = max(1, -(-n_tokens // context))
+    tokens = torch.randint(0, vocab_size, (n, context), generator=torch.Generator().manual_seed(seed))
+    doc = torch.arange(n, dtype=torch.int32).unsqueeze(1).expand(n, context).contiguous()
+    position = torch.arange(context, dtype=torch.int32).expand(n, context).contiguous()
+    info = {
+        "random_tokens": True,
+        "vocab_size": vocab_size,
+        "context": context,
+        "selection_seed": seed,
+        "windows": n,
+        "tokens": n * context,
+    }
+    return TokenWindows(
+        tokens,
+        doc,
+        torch.zeros(n, context, dtype=torch.int16),
+        position,
+        [f"random-{i}" for i in range(n)],
+        ["random"],
+        info,
+    )
