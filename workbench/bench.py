@@ -1,5 +1,7 @@
 """Benchmarks: each prints ratios against baselines measured in the same run (never a test).
 
+`workbench bench essential`: a pruning sweep's cost over (its evaluations × one evaluation pass).
+
 `workbench bench capture`: on the same batches, (a) a plain forward of the Hugging Face model,
 (b) TransformerLens `run_with_cache` keeping the same hooks in memory, (c) workbench capture
 streaming them to an on-disk store. Hooks: every layer's MLP post-activation and full attention
@@ -119,5 +121,33 @@ def bench_capture(handle, windows, batch_size: int = 4, progress: bool = False, 
     }
 
 
+def bench_essential(handle, windows, batch_size: int = 4, progress: bool = False, repeats: int = 2) -> dict:
+    """A global magnitude sweep's wall time over (its evaluations × one plain evaluation pass)."""
+    from workbench.essential import sweep
+    from workbench.evaluate import evaluate
+
+    evaluate(handle, windows, batch_size=batch_size, progress=False)  # warm-up
+    one_eval = min(
+        _timed(lambda: evaluate(handle, windows, batch_size=batch_size, progress=False))[0]
+        for _ in range(repeats)
+    )
+    t0 = time.perf_counter()
+    result = sweep(handle, windows, "global", "magnitude", batch_size=batch_size, progress=progress)
+    seconds = time.perf_counter() - t0
+    evaluations = result.timing["evaluations"]
+    return {
+        "model": handle.name,
+        "tokens": windows.n_tokens,
+        "evaluations": evaluations,
+        "one_evaluation_seconds": one_eval,
+        "sweep_seconds": seconds,
+        "setup_seconds": result.timing["setup_seconds"],
+        "sweep_over_evals": seconds / (evaluations * one_eval),
+        "essential_sparsity": result.essential_sparsity,
+        "threads": torch.get_num_threads(),
+    }
+
+
 BENCHMARKS: Registry[Callable] = Registry("benchmark")
 BENCHMARKS.register("capture", bench_capture)
+BENCHMARKS.register("essential", bench_essential)

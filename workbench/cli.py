@@ -231,7 +231,7 @@ def cmd_bench(args: argparse.Namespace) -> dict:
 
 
 def bench_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("which", help="which benchmark: capture")
+    parser.add_argument("which", help="which benchmark: capture, essential")
     parser.set_defaults(tokens=4096, batch_size=4)
 
 
@@ -278,6 +278,56 @@ def sparsity_flags(parser: argparse.ArgumentParser) -> None:
         default=2048,
         help="train-split tokens for magnitude@P and cett@R thresholds",
     )
+
+
+def cmd_essential(args: argparse.Namespace) -> dict:
+    from workbench.corpus import windows_for
+    from workbench.essential import sweep
+    from workbench.runs import RunFolder
+
+    run = RunFolder.create(args.out, "essential", args.command_line) if args.out else None
+    with run or contextlib.nullcontext():
+        handle, windows = load_inputs(args)
+        pattern = args.pattern or ("rowwise" if args.criterion == "wanda" else "global")
+        calibration = None
+        if args.criterion == "wanda":  # activation norms from the train split, never the evaluated text
+            calibration = windows_for(
+                handle,
+                corpus="pydocs:train",
+                context=args.context,
+                n_tokens=args.calibration_tokens,
+                seed=args.seed + 1,
+            )
+        levels = [float(x) for x in args.levels.split(",")] if args.levels else None
+        kwargs = {"levels": levels} if levels else {}
+        result = sweep(
+            handle,
+            windows,
+            pattern,
+            args.criterion,
+            tolerance=args.tolerance,
+            refine=args.refine,
+            calibration=calibration,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            **kwargs,
+        )
+        result.provenance.command = args.command_line
+        if run:
+            run.save([result])
+    if not args.json:
+        print(result.table().to_string(index=False))
+        print(f"essential sparsity s* = {result.essential_sparsity:.4f}, knee = {result.knee}")
+    return {k: v for k, v in result.to_dict().items() if k != "kind"}
+
+
+def essential_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pattern", help="global (default), layerwise, rowwise (wanda's default), 2:4, 4:8")
+    parser.add_argument("--criterion", default="magnitude", choices=["magnitude", "random", "wanda"])
+    parser.add_argument("--levels", help="comma list of sparsities (default 0,0.1,...,0.9)")
+    parser.add_argument("--tolerance", type=float, default=0.01, help="relative loss increase allowed for s*")
+    parser.add_argument("--refine", type=int, default=3, help="bisection steps near the drop")
+    parser.add_argument("--calibration-tokens", type=positive_int, default=2048, help="for wanda's norms")
 
 
 def report_flags(parser: argparse.ArgumentParser) -> None:
@@ -331,6 +381,11 @@ COMMANDS.register(
         "lazy-neuron activation density per layer, input kind and domain",
         extra_flags=sparsity_flags,
     ),
+)
+
+COMMANDS.register(
+    "essential",
+    Command(cmd_essential, "one-shot pruning sweep and essential sparsity s*", extra_flags=essential_flags),
 )
 
 

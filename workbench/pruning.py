@@ -190,7 +190,8 @@ class PruningPlan:
 
     Ties in score are broken by flat index: lower index pruned first (global: flat index over the matrices
     concatenated in list order, each row-major). Counts are exact: global prunes round(s * N) over all
-    weights in scope, layerwise round(s * n) in each matrix (Python round, half to even).
+    weights in scope, layerwise round(s * n) in each matrix, rowwise round(s * n_in) in each output row
+    (Wanda's comparison group), all with Python round (half to even).
     N:M keeps, in each output row, the N highest scores of each group of M consecutive input weights; its
     sparsity is fixed at 1 - N/M, so `masks(s)` accepts only that s (or 0 for the dense baseline). Input
     sizes not divisible by M are refused (no silent dense tail).
@@ -223,9 +224,23 @@ class PruningPlan:
             return cls(pattern, shapes, [order])
         if pattern == "layerwise":
             return cls(pattern, shapes, [_stable_order(s.reshape(-1).float()) for s in scores])
+        if pattern == "rowwise":  # Wanda's comparison group: each output row on its own
+            ranks = []
+            for mat, s in zip(matrices, scores, strict=True):
+                rows_last = s.float() if mat.in_dim == 1 else s.float().T  # [out, in]
+                order = torch.sort(rows_last, dim=-1, stable=True).indices
+                rank = torch.empty_like(order, dtype=torch.int32)
+                positions = torch.arange(order.shape[1], dtype=torch.int32).expand_as(order).contiguous()
+                rank.scatter_(-1, order, positions)
+                ranks.append(rank if mat.in_dim == 1 else rank.T.contiguous())
+            plan = cls(pattern, shapes, ranks)
+            plan._in_dims = [m.in_dim for m in matrices]
+            return plan
         nm = _parse_nm(pattern)
         if nm is None:
-            raise WorkbenchError(f"unknown pruning pattern {pattern!r}; use 'global', 'layerwise' or 'N:M'")
+            raise WorkbenchError(
+                f"unknown pruning pattern {pattern!r}; use 'global', 'layerwise', 'rowwise' or 'N:M'"
+            )
         n, m = nm
         keeps = []
         for mat, s in zip(matrices, scores, strict=True):
@@ -255,6 +270,11 @@ class PruningPlan:
             return round(sparsity * sum(self.sizes))
         if self.pattern == "layerwise":
             return sum(round(sparsity * n) for n in self.sizes)
+        if self.pattern == "rowwise":
+            return sum(
+                round(sparsity * sh[d]) * (n // sh[d])
+                for sh, d, n in zip(self.shapes, self._in_dims, self.sizes, strict=True)
+            )
         return 0 if sparsity == 0 else sum(self.sizes) * (self._nm[1] - self._nm[0]) // self._nm[1]
 
     def masks(self, sparsity: float) -> list[torch.Tensor]:
@@ -272,6 +292,11 @@ class PruningPlan:
                 keep[order[: round(sparsity * order.numel())]] = False
                 out.append(keep.view(sh))
             return out
+        if self.pattern == "rowwise":
+            return [
+                rank >= round(sparsity * sh[d])
+                for rank, sh, d in zip(self._orders, self.shapes, self._in_dims, strict=True)
+            ]
         if sparsity == 0:
             return [torch.ones_like(k) for k in self._orders]
         return [k.clone() for k in self._orders]

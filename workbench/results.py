@@ -91,7 +91,13 @@ def register_result(cls: type[Result]) -> type[Result]:
 
 
 # Modules that define result kinds; imported on first read so a report can rebuild any of them.
-RESULT_MODULES = ("workbench.evaluate", "workbench.facts", "workbench.capturing", "workbench.sparsity_result")
+RESULT_MODULES = (
+    "workbench.evaluate",
+    "workbench.facts",
+    "workbench.capturing",
+    "workbench.sparsity_result",
+    "workbench.essential",
+)
 
 
 def result_from_dict(data: dict[str, Any]) -> Result:

@@ -273,3 +273,23 @@ def test_pruned_forward_equals_hand_masked_hf_model(handles, checkpoints, kind):
         with pruned(matrices, masks):
             got = handle.logits(tokens)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_rowwise_prunes_exactly_per_output_row(checkpoints, kind):
+    handle = load_model(str(checkpoints[kind]), progress=False)
+    matrices = prunable_matrices(handle)
+    plan = PruningPlan.build(matrices, scores(matrices, "magnitude"), "rowwise")
+    for s in (0.0, 0.3, 0.5, 0.9):
+        masks = plan.masks(s)
+        total = 0
+        for m, keep in zip(matrices, masks, strict=True):
+            rows = keep if m.in_dim == 1 else keep.T  # [out, in]
+            pruned_per_row = (~rows).sum(-1)
+            assert (pruned_per_row == round(s * rows.shape[1])).all()
+            w = (m.weight if m.in_dim == 1 else m.weight.T).abs()
+            for r in range(rows.shape[0]):  # magnitude order holds within each row
+                if 0 < pruned_per_row[r] < rows.shape[1]:
+                    assert w[r][~rows[r]].max() <= w[r][rows[r]].min()
+            total += int(pruned_per_row.sum())
+        assert total == plan.n_pruned(s)

@@ -1,0 +1,96 @@
+"""Essential-sparsity sweeps: weights restored bitwise, s* and knee as defined, JSON fields."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from workbench.cli import main
+from workbench.corpus import load_corpus, make_windows
+from workbench.essential import knee, sweep
+from workbench.models import load_model
+
+
+def test_sweep_restores_weights_and_finds_s_star(checkpoints):
+    handle = load_model(str(checkpoints["llama"]), progress=False)
+    windows = make_windows(load_corpus()[:3], handle.tokenizer, 16, handle.separator_token_id).select(64)
+    before = {k: v.clone() for k, v in handle.model.original_model.state_dict().items()}
+    result = sweep(handle, windows, "global", "magnitude", tolerance=0.01, refine=2, progress=False)
+    after = handle.model.original_model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # bitwise restored
+    dense = result.curve[0]["loss"]
+    assert result.curve[0]["sparsity"] == 0.0 and result.curve[0]["pruned_weights"] == 0
+    passing = [p["sparsity"] for p in result.curve if p["loss"] <= dense * 1.01]
+    assert result.essential_sparsity == max(passing)  # the largest evaluated level within tolerance
+    assert result.knee == knee(result.curve)
+    n = result.provenance.settings["n_weights"]
+    assert all(p["pruned_weights"] == round(p["sparsity"] * n) for p in result.curve)
+
+
+def test_knee_is_the_largest_second_difference():
+    curve = [
+        {"sparsity": s, "loss": loss}
+        for s, loss in [(0, 1.0), (0.2, 1.0), (0.4, 1.1), (0.6, 2.0), (0.8, 3.0)]
+    ]
+    assert knee(curve) == 0.4  # second differences: 0.1, 0.8, 0.1
+
+
+def test_nm_sweep_has_two_levels(checkpoints):
+    handle = load_model(str(checkpoints["gpt2"]), progress=False)
+    windows = make_windows(load_corpus()[:3], handle.tokenizer, 16, handle.separator_token_id).select(32)
+    result = sweep(handle, windows, "2:4", "magnitude", progress=False)
+    assert [p["sparsity"] for p in result.curve] == [0.0, 0.5]
+
+
+def test_essential_cli_json(capsys):
+    assert (
+        main(
+            [
+                "essential",
+                "--model",
+                "tiny-relu",
+                "--tokens",
+                "512",
+                "--levels",
+                "0,0.3,0.6",
+                "--refine",
+                "1",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    body = json.loads(capsys.readouterr().out)
+    assert {"model", "pattern", "criterion", "tolerance", "essential_sparsity", "knee", "curve"} <= set(body)
+    assert body["pattern"] == "global" and body["criterion"] == "magnitude" and body["tolerance"] == 0.01
+    assert {"sparsity", "loss", "perplexity", "accuracy"} <= set(body["curve"][0])
+    assert 0.0 <= body["essential_sparsity"] <= 0.6
+
+
+@pytest.mark.parametrize("criterion", ["wanda"])
+def test_wanda_defaults_to_rowwise_with_train_calibration(criterion, capsys):
+    assert (
+        main(
+            [
+                "essential",
+                "--model",
+                "tiny-relu",
+                "--tokens",
+                "256",
+                "--levels",
+                "0,0.5",
+                "--refine",
+                "0",
+                "--criterion",
+                criterion,
+                "--calibration-tokens",
+                "256",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    body = json.loads(capsys.readouterr().out)
+    assert body["pattern"] == "rowwise" and body["provenance"]["settings"]["calibration"]["split"] == "train"
