@@ -208,8 +208,8 @@ class PruningPlan:
 
     Memory: global sorts all N scores at once: about 16 N bytes at peak inside `build` (the concatenated
     float32 scores, the sorted values and the int64 indices), on top of the caller's scores; the plan then
-    keeps each weight's rank as int32 (4 N bytes). Measured for 100M weights (CPU): build ~20 s, peak +2.4 GB RSS
-    including the scores; masks(s) ~0.7 s. Layerwise
+    keeps each weight's rank as int32 (4 N bytes). Measured for 100M weights (CPU): build ~20 s, peak
+    +2.4 GB RSS including the scores; masks(s) is one comparison. Layerwise
     peaks at one matrix at a time; N:M keeps its bool mask (N bytes).
     """
 
