@@ -79,6 +79,21 @@ def load_inputs(args: argparse.Namespace):
     return handle, windows
 
 
+def optional_run(args: argparse.Namespace, label: str):
+    """A run folder when --out is given (marked failed if the block raises), else a no-op context."""
+    from workbench.runs import RunFolder
+
+    return RunFolder.create(args.out, label, args.command_line) if args.out else contextlib.nullcontext()
+
+
+def record(args: argparse.Namespace, run, results: list) -> None:
+    """Stamp the command line into each result's provenance and save them when there is a run folder."""
+    for result in results:
+        result.provenance.command = args.command_line
+    if run is not None:
+        run.save(results)
+
+
 def cmd_models(args: argparse.Namespace) -> dict:
     from workbench.models import MODELS
 
@@ -107,16 +122,11 @@ def cmd_models(args: argparse.Namespace) -> dict:
 
 def cmd_evaluate(args: argparse.Namespace) -> dict:
     from workbench.report import foundation_results
-    from workbench.runs import RunFolder
 
-    run = RunFolder.create(args.out, "evaluate", args.command_line) if args.out else None
-    with run or contextlib.nullcontext():
+    with optional_run(args, "evaluate") as run:
         handle, windows = load_inputs(args)
         results = foundation_results(handle, windows, batch_size=args.batch_size, seed=args.seed)
-        for r in results:
-            r.provenance.command = args.command_line
-        if run:
-            run.save(results)
+        record(args, run, results)
     evaluation = results[-1]
     if not args.json:
         print(evaluation.table().to_string(index=False))
@@ -237,11 +247,9 @@ def bench_flags(parser: argparse.ArgumentParser) -> None:
 
 def cmd_sparsity(args: argparse.Namespace) -> dict:
     from workbench.models import load_model
-    from workbench.runs import RunFolder
     from workbench.sparsity_result import run_sparsity
 
-    run = RunFolder.create(args.out, "sparsity", args.command_line) if args.out else None
-    with run or contextlib.nullcontext():
+    with optional_run(args, "sparsity") as run:
         handle = load_model(args.model or default_model(progress=True), device=args.device)
         result = run_sparsity(
             handle,
@@ -255,9 +263,7 @@ def cmd_sparsity(args: argparse.Namespace) -> dict:
             text=args.text,
             calibration_tokens=args.calibration_tokens,
         )
-        result.provenance.command = args.command_line
-        if run:
-            run.save([result])
+        record(args, run, [result])
     if not args.json:
         print(result.table().to_string(index=False))
         print({kind: round(body["density_mean"], 4) for kind, body in result.by_input.items()})
@@ -283,10 +289,8 @@ def sparsity_flags(parser: argparse.ArgumentParser) -> None:
 def cmd_essential(args: argparse.Namespace) -> dict:
     from workbench.corpus import windows_for
     from workbench.essential import sweep
-    from workbench.runs import RunFolder
 
-    run = RunFolder.create(args.out, "essential", args.command_line) if args.out else None
-    with run or contextlib.nullcontext():
+    with optional_run(args, "essential") as run:
         handle, windows = load_inputs(args)
         pattern = args.pattern or ("rowwise" if args.criterion == "wanda" else "global")
         calibration = None
@@ -312,9 +316,7 @@ def cmd_essential(args: argparse.Namespace) -> dict:
             seed=args.seed,
             **kwargs,
         )
-        result.provenance.command = args.command_line
-        if run:
-            run.save([result])
+        record(args, run, [result])
     if not args.json:
         print(result.table().to_string(index=False))
         print(f"essential sparsity s* = {result.essential_sparsity:.4f}, knee = {result.knee}")
