@@ -19,10 +19,10 @@ from workbench.store import FieldSpec
 
 def moe_layers(handle: ModelHandle) -> list[int]:
     """Layers whose MLP is routed (has a router `gate` with a logits-weights-indices output)."""
-    return [layer for layer in range(handle.facts.n_layers) if _router(handle, layer) is not None]
+    return [layer for layer in range(handle.facts.n_layers) if router_module(handle, layer) is not None]
 
 
-def _router(handle: ModelHandle, layer: int):
+def router_module(handle: ModelHandle, layer: int):
     mlp = getattr(handle.model.blocks[layer], "mlp", None)
     return getattr(mlp, "gate", None) if mlp is not None and hasattr(mlp, "experts") else None
 
@@ -68,7 +68,7 @@ class RoutingProbe:
     def hooks(self, handle: ModelHandle):
         if not self._layers:
             self._resolve(handle)
-        pairs = [(_router(handle, layer), self._router_hook(layer)) for layer in self._layers]
+        pairs = [(router_module(handle, layer), self._router_hook(layer)) for layer in self._layers]
         pairs += [(_shared_gate(handle, layer), self._shared_hook(layer)) for layer in sorted(self._shared)]
         return pairs
 

@@ -97,6 +97,9 @@ RESULT_MODULES = (
     "workbench.capturing",
     "workbench.sparsity_result",
     "workbench.essential",
+    "workbench.experts.specialization",
+    "workbench.experts.causal",
+    "workbench.experts.moefication",
 )
 
 

@@ -1,0 +1,1 @@
+"""Mixture-of-experts analyses: routing statistics, specialization, expert masking, MoEfication."""

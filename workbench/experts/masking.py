@@ -1,0 +1,114 @@
+"""Expert masking by router hooks (PAPERS.md §3), self-contained so the replay engine can reuse it.
+
+- `reroute` (default): the masked experts' router logits are set to −∞ before top-k, so each token
+  picks its next-best expert; weights come from the router's own rule (softmax, top-k, re-normalised
+  when the router re-normalises).
+- `drop`: each token keeps its other choices; their weights are scaled to the sum the k weights had
+  (1 for Mixtral-style routers), so the masked expert's share is given to the others (ours, for
+  routers that do not re-normalise).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+import torch
+
+from workbench.errors import WorkbenchError
+from workbench.models import ModelHandle
+from workbench.probes.routing import moe_layers, router_module
+
+MODES = ("reroute", "drop")
+
+
+@dataclass(frozen=True)
+class ExpertMask:
+    layer: int
+    experts: tuple[int, ...]
+    mode: str = "reroute"
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise WorkbenchError(f"Unknown expert-mask mode {self.mode!r}; use one of {', '.join(MODES)}.")
+        object.__setattr__(self, "experts", tuple(int(e) for e in self.experts))
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "experts": list(self.experts)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ExpertMask:
+        return cls(int(data["layer"]), tuple(data["experts"]), data.get("mode", "reroute"))
+
+
+def rerouted(logits: torch.Tensor, experts: tuple[int, ...], k: int, renormalise: bool):
+    """The router's choice with `experts` removed: (masked logits, top-k weights, top-k indices)."""
+    masked = logits.clone()
+    masked[:, list(experts)] = float("-inf")
+    probs = torch.softmax(masked.float(), dim=-1)
+    weights, indices = torch.topk(probs, k, dim=-1)
+    if renormalise:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    return masked, weights, indices
+
+
+def dropped(weights: torch.Tensor, indices: torch.Tensor, experts: tuple[int, ...]) -> torch.Tensor:
+    """Top-k weights with the masked experts' entries zeroed and the rest scaled to the original sum."""
+    hit = torch.isin(indices, torch.tensor(experts, device=indices.device))
+    kept = weights.masked_fill(hit, 0.0)
+    total, left = weights.sum(-1, keepdim=True), kept.sum(-1, keepdim=True)
+    return torch.where(left > 0, kept * total / left.clamp_min(1e-30), kept)
+
+
+def _renormalises(router) -> bool:
+    inner = getattr(router, "original_component", router)
+    return bool(getattr(inner, "norm_topk_prob", True))
+
+
+def _hook(mask: ExpertMask, k: int, renormalise: bool):
+    def hook(module, inputs, output):
+        logits, weights, indices = output
+        if mask.mode == "reroute":
+            masked, new_weights, new_indices = rerouted(logits, mask.experts, k, renormalise)
+            return masked, new_weights.to(weights.dtype), new_indices
+        return logits, dropped(weights, indices, mask.experts).to(weights.dtype), indices
+
+    return hook
+
+
+def check_masks(handle: ModelHandle, masks: list[ExpertMask]) -> None:
+    routed = moe_layers(handle)
+    e, k = handle.facts.n_experts or 0, handle.facts.experts_per_token or 0
+    for mask in masks:
+        if mask.layer not in routed:
+            raise WorkbenchError(
+                f"Layer {mask.layer} of {handle.name} is not routed; routed layers: {routed}."
+            )
+        bad = [x for x in mask.experts if not 0 <= x < e]
+        if bad:
+            raise WorkbenchError(f"Expert(s) {bad} do not exist: layer {mask.layer} has experts 0..{e - 1}.")
+        if mask.mode == "reroute" and e - len(set(mask.experts)) < k:
+            raise WorkbenchError(
+                f"Masking {len(mask.experts)} of {e} experts leaves fewer than top-{k} to route to."
+            )
+
+
+@contextlib.contextmanager
+def experts_masked(handle: ModelHandle, masks: list[ExpertMask]) -> Iterator[None]:
+    """Apply expert masks to every forward pass inside the block; the hooks are removed on exit."""
+    check_masks(handle, masks)
+    k = handle.facts.experts_per_token
+    merged: dict[tuple[int, str], set[int]] = {}
+    for mask in masks:
+        merged.setdefault((mask.layer, mask.mode), set()).update(mask.experts)
+    handles = []
+    try:
+        for (layer, mode), experts in sorted(merged.items()):
+            router = router_module(handle, layer)
+            hook = _hook(ExpertMask(layer, tuple(sorted(experts)), mode), k, _renormalises(router))
+            handles.append(router.register_forward_hook(hook))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
