@@ -142,6 +142,11 @@ def cmd_report(args: argparse.Namespace) -> dict:
     included = [result for folder in args.include or [] for result in read_run(folder).results]
     with run:
         handle, windows = load_inputs(args)
+        if handle.facts.moe:  # a mixture-of-experts model's report has its routing section
+            from workbench.experts.labels import LABELS
+            from workbench.experts.specialization import run_experts
+
+            included.insert(0, run_experts(handle, windows, list(LABELS), args.batch_size, args.seed))
         path = make_report(handle, windows, run, batch_size=args.batch_size, seed=args.seed, extra=included)
     if not args.json:
         print(f"report: {path.resolve()}")
