@@ -43,7 +43,14 @@ ACTIVATIONS = {
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
 }
 ROUTER_HIDDEN = 128
-ROUTER_STEPS = 600
+ROUTER_EPOCHS = 16  # passes over the training tokens, within [ROUTER_MIN_STEPS, ROUTER_MAX_STEPS] steps
+ROUTER_MIN_STEPS, ROUTER_MAX_STEPS = 100, 600
+ROUTER_BATCH = 512
+
+
+def router_steps(n_tokens: int) -> int:
+    """Optimiser steps for a router trained on n tokens: 16 epochs, at least 100 and at most 600 steps."""
+    return max(ROUTER_MIN_STEPS, min(ROUTER_MAX_STEPS, -(-ROUTER_EPOCHS * n_tokens // ROUTER_BATCH)))
 
 
 def hook_names(layer: int) -> tuple[str, str]:
@@ -119,9 +126,10 @@ class GroupRouter(torch.nn.Module):
 
 
 def train_router(
-    h: torch.Tensor, scores: torch.Tensor, steps: int = ROUTER_STEPS, batch: int = 512, seed: int = 0
+    h: torch.Tensor, scores: torch.Tensor, steps: int | None = None, batch: int = ROUTER_BATCH, seed: int = 0
 ) -> GroupRouter:
     """Fit a router by cross-entropy against the score distribution s_g / Σ s (Adam, cosine decay)."""
+    steps = router_steps(len(h)) if steps is None else steps
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     router = GroupRouter(h.shape[1], scores.shape[1])
@@ -381,7 +389,12 @@ def run_moefy(
             "experts": n_groups,
             "k": k,
             "labels": list(labels),
-            "router": {"hidden": ROUTER_HIDDEN, "steps": ROUTER_STEPS, "lr": 3e-3, "batch": 512},
+            "router": {
+                "hidden": ROUTER_HIDDEN,
+                "steps": router_steps(train_windows.n_tokens),
+                "lr": 3e-3,
+                "batch": ROUTER_BATCH,
+            },
             "batch_size": batch_size,
         },
         seed=seed,
