@@ -67,3 +67,17 @@ def test_cli_report_defaults_to_smollm2_once_cached(smollm2, tmp_path):
     # A real pretrained model: far below the 10.8 nats of a uniform guess over 49152 tokens.
     assert evaluation["loss"] < 4.0 and evaluation["accuracy"] > 0.3
     assert set(evaluation["by_domain"]) == {"code", "prose"}
+
+
+def test_moefication_of_the_gated_mlps(smollm2):
+    from workbench.corpus import windows_for
+    from workbench.experts.moefication import run_moefy
+
+    heldout = windows_for(smollm2, n_tokens=256, context=128, seed=0)
+    train = windows_for(smollm2, corpus="pydocs:train", n_tokens=512, context=128, seed=1)
+    result = run_moefy(smollm2, heldout, train, 8, k=2, progress=False)
+    assert len(result.layers) == 30 and result.group_sizes == [192] * 8
+    for layer in result.layers:
+        mass = layer["captured_mass"]
+        assert abs(mass["8"] - 1) < 1e-4 and abs(layer["captured_output"]["8"] - 1) < 1e-4
+        assert 0.25 < mass["2"] < 1 and layer["captured_mass_router"]["2"] <= mass["2"] + 1e-9
