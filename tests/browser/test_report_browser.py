@@ -54,7 +54,8 @@ def test_every_chart_draws_offline(browser, checkpoints, tmp_path):
     page.route("**/*", guard)
     page.goto(page_url)
     charts = page.locator("div.chart")
-    assert charts.count() == 7  # 5 of the evaluation report + attention entropy and expert load
+    # 5 of the evaluation report, 3 of the MoE routing section, attention entropy and expert load
+    assert charts.count() == 10
     for i in range(charts.count()):
         charts.nth(i).locator("svg, canvas").first.wait_for(state="attached", timeout=30_000)
         assert "chart failed" not in charts.nth(i).inner_text()
