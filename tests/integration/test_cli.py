@@ -62,7 +62,8 @@ def test_report_writes_a_run_folder_whose_results_parse(checkpoints, tmp_path, c
     )
     assert f"report: {(out / 'report.html').resolve()}" in capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())
-    assert [r["kind"] for r in results["results"]] == ["model_facts", "corpus_facts", "evaluation"]
+    kinds = [r["kind"] for r in results["results"]]
+    assert kinds == ["model_facts", "corpus_facts", "evaluation", "experts"]  # a MoE report has routing
     manifest = json.loads((out / "manifest.json").read_text())
     assert (
         manifest["seed"] == 3 and manifest["model"]["moe"] is True and manifest["data"]["corpus"] == "pydocs"

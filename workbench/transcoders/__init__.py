@@ -1,0 +1,1 @@
+"""Transcoders: sparse, wide replacements of an MLP sublayer, trained, evaluated, spliced in, traced."""

@@ -1,0 +1,160 @@
+"""The transcoder itself (PAPERS.md §4): x (the MLP's input) → z (sparse features) → ŷ (the MLP's output).
+
+z = ReLU(x W_enc + b_enc), then either an L1 penalty on z (`relu`, the paper's) or only the k largest
+kept (`topk`, EleutherAI sparsify's); ŷ = z W_dec + b_dec (+ x W_skipᵀ with a skip connection).
+Weights use SAE-Lens's layout, so saving in its format is a rename: W_enc [d_in, width], W_dec
+[width, d_out], W_skip [d_out, d_in]. Decoder rows are kept at unit norm during training.
+
+TopK's encoder and decoder only touch k features per token: a custom autograd function makes the
+backward pass sparse too (the dense forward matmul is needed to find the top k). The gathers are
+torch's `embedding_bag`, which is what sparse decoding amounts to.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from workbench.errors import WorkbenchError
+
+ARCHITECTURES = ("relu", "topk")
+DEFAULT_L1 = 3e-3  # λ per unit of z measured in RMS ‖y‖ (train.py's loss), against a scale-free FVU
+
+
+@dataclass
+class TranscoderConfig:
+    d_in: int
+    d_out: int
+    width: int
+    arch: str = "topk"
+    k: int | None = 32  # topk only
+    l1: float | None = None  # relu only: λ of the L1 penalty
+    skip: bool = False
+    model: str = ""
+    layer: int = 0
+    hook_in: str = ""
+    hook_out: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise WorkbenchError(f"Unknown transcoder architecture {self.arch!r}; use relu or topk.")
+        if self.arch == "topk" and not (self.k and 0 < self.k <= self.width):
+            raise WorkbenchError(f"A topk transcoder needs 0 < k <= width ({self.width}); got k={self.k}.")
+        if self.arch == "relu":
+            self.k = None
+            self.l1 = DEFAULT_L1 if self.l1 is None else self.l1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TranscoderConfig:
+        return cls(**data)
+
+
+class Encoded(NamedTuple):
+    values: torch.Tensor  # [T, k] for topk, [T, width] for relu
+    indices: torch.Tensor | None  # [T, k] for topk, None for relu (dense)
+
+
+class TranscoderOutput(NamedTuple):
+    y_hat: torch.Tensor
+    encoded: Encoded
+
+
+class _SparseTopK(torch.autograd.Function):
+    """(values, indices) = topk(ReLU(x W + b), k), with a backward that only touches the k chosen columns."""
+
+    @staticmethod
+    def forward(ctx, x, w_enc, b_enc, k):
+        pre = torch.addmm(b_enc, x, w_enc)
+        values, indices = pre.topk(k, dim=-1, sorted=False)
+        values = values.clamp_min(0)
+        ctx.save_for_backward(x, w_enc, values, indices)
+        return values, indices
+
+    @staticmethod
+    def backward(ctx, grad_values, _grad_indices):
+        x, w_enc, values, indices = ctx.saved_tensors
+        g = grad_values * (values > 0)  # ReLU
+        flat = indices.flatten()
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = F.embedding_bag(indices, w_enc.T, per_sample_weights=g, mode="sum")
+        if ctx.needs_input_grad[1]:
+            rows = x.repeat_interleave(indices.shape[1], dim=0) * g.flatten()[:, None]  # [T*k, d_in]
+            grad_w = torch.zeros_like(w_enc.T).index_add_(0, flat, rows).T
+        if ctx.needs_input_grad[2]:
+            grad_b = torch.zeros(w_enc.shape[1], dtype=g.dtype).index_add_(0, flat, g.flatten())
+        return grad_x, grad_w, grad_b, None
+
+
+class Transcoder(nn.Module):
+    def __init__(self, cfg: TranscoderConfig, seed: int = 0) -> None:
+        super().__init__()
+        self.cfg = cfg
+        generator = torch.Generator().manual_seed(seed)
+        dec = torch.randn(cfg.width, cfg.d_out, generator=generator)
+        dec = dec / dec.norm(dim=1, keepdim=True)
+        self.W_dec = nn.Parameter(dec)
+        # encoder starts as the decoder's transpose, scaled (sparsify's and Anthropic's initialisation)
+        enc = torch.randn(cfg.d_in, cfg.width, generator=generator) / math.sqrt(cfg.d_in)
+        self.W_enc = nn.Parameter(enc)
+        self.b_enc = nn.Parameter(torch.zeros(cfg.width))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_out))
+        self.W_skip = nn.Parameter(torch.zeros(cfg.d_out, cfg.d_in)) if cfg.skip else None
+
+    @property
+    def width(self) -> int:
+        return self.cfg.width
+
+    def encode(self, x: torch.Tensor) -> Encoded:
+        if self.cfg.arch == "topk":
+            values, indices = _SparseTopK.apply(x, self.W_enc, self.b_enc, self.cfg.k)
+            return Encoded(values, indices)
+        return Encoded(torch.relu(torch.addmm(self.b_enc, x, self.W_enc)), None)
+
+    def decode(self, encoded: Encoded) -> torch.Tensor:
+        if encoded.indices is None:
+            return torch.addmm(self.b_dec, encoded.values, self.W_dec)
+        return F.embedding_bag(encoded.indices, self.W_dec, per_sample_weights=encoded.values, mode="sum") + (
+            self.b_dec
+        )
+
+    def forward(self, x: torch.Tensor) -> TranscoderOutput:
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])
+        encoded = self.encode(flat)
+        y_hat = self.decode(encoded)
+        if self.W_skip is not None:
+            y_hat = y_hat + flat @ self.W_skip.T
+        return TranscoderOutput(y_hat.reshape(*shape[:-1], self.cfg.d_out), encoded)
+
+    def dense(self, encoded: Encoded) -> torch.Tensor:
+        """Feature activations as a dense [T, width] tensor."""
+        if encoded.indices is None:
+            return encoded.values
+        out = torch.zeros(encoded.values.shape[0], self.width, dtype=encoded.values.dtype)
+        return out.scatter_(1, encoded.indices, encoded.values)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Dense feature activations z [T, width] of inputs x [T, d_in]."""
+        return self.dense(self.encode(x.reshape(-1, x.shape[-1])))
+
+    @torch.no_grad()
+    def normalise_decoder(self) -> None:
+        """Unit-norm decoder rows, so a feature's activation is its output's size."""
+        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
+
+    @torch.no_grad()
+    def remove_parallel_grad(self) -> None:
+        """Drop the part of W_dec's gradient that would only change the rows' norms (then renormalised)."""
+        if self.W_dec.grad is not None:
+            parallel = (self.W_dec.grad * self.W_dec).sum(1, keepdim=True)
+            self.W_dec.grad -= parallel * self.W_dec
