@@ -71,7 +71,7 @@ def test_report_writes_a_run_folder_whose_results_parse(checkpoints, tmp_path, c
     assert {"torch", "transformers", "transformer-lens"} <= set(manifest["packages"])
     html = (out / "report.html").read_text()
     assert "<script src" not in html and "https://cdn" not in html
-    assert html.count('class="chart"') == 5
+    assert html.count('class="chart"') == 8  # 5 of the evaluation, 3 of the routing section
 
 
 def test_models_json_lists_named_models_with_facts(capsys):
