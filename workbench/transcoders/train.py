@@ -123,16 +123,16 @@ class Trainer:
         self.optimiser.step()
         tc.normalise_decoder()
         with torch.no_grad():
-            fired = (indices[values > 0] if indices is not None else (values > 0).any(0).nonzero().squeeze(1))
+            fired = indices[values > 0] if indices is not None else (values > 0).any(0).nonzero().squeeze(1)
             self.state.tokens += len(x)
             self.last_fired[fired.unique()] = self.state.tokens
             l0 = (values > 0).sum(-1).float().mean().item()
         self.state.step += 1
         self.state.cursor = batch.cursor
         self.state.last_loss, self.state.last_fvu, self.state.last_l0 = loss.item(), recon.item(), l0
-        if tc.cfg.arch == "relu" and cfg.dead_remedy(tc.cfg) == "resample":
-            if self.state.step % cfg.resample_every == 0 and dead.any():
-                self.resample(x, y, out.y_hat.detach(), dead)
+        resample = tc.cfg.arch == "relu" and cfg.dead_remedy(tc.cfg) == "resample"
+        if resample and self.state.step % cfg.resample_every == 0 and dead.any():
+            self.resample(x, y, out.y_hat.detach(), dead)
 
     @torch.no_grad()
     def resample(self, x: torch.Tensor, y: torch.Tensor, y_hat: torch.Tensor, dead: torch.Tensor) -> None:
@@ -145,7 +145,8 @@ class Trainer:
         alive_norm = tc.W_enc[:, ~dead].norm(dim=0).mean() if (~dead).any() else torch.tensor(1.0)
         residual = y[picks] - y_hat[picks]
         tc.W_dec[idx] = residual / residual.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-        tc.W_enc[:, idx] = (x[picks] / x[picks].norm(dim=-1, keepdim=True).clamp_min(1e-8)).T * alive_norm * 0.2
+        inputs = x[picks] / x[picks].norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        tc.W_enc[:, idx] = inputs.T * alive_norm * 0.2
         tc.b_enc[idx] = 0
         for p in (tc.W_enc, tc.b_enc, tc.W_dec):  # forget Adam's moments of the re-initialised entries
             for moment in self.optimiser.state.get(p, {}).values():
@@ -167,7 +168,8 @@ class Trainer:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         save_transcoder(self.tc, tmp)
-        torch.save({"optimiser": self.optimiser.state_dict(), "last_fired": self.last_fired}, tmp / "optim.pt")
+        extra = {"optimiser": self.optimiser.state_dict(), "last_fired": self.last_fired}
+        torch.save(extra, tmp / "optim.pt")
         (tmp / "state.json").write_text(json.dumps({"state": asdict(self.state), "train": asdict(self.cfg)}))
         old = self.out / f".{CHECKPOINT}.old"
         shutil.rmtree(old, ignore_errors=True)
@@ -185,7 +187,13 @@ class Trainer:
 
     def run(self, batches: Iterator[Batch], progress: bool = True) -> TrainState:
         cfg = self.cfg
-        bar = tqdm(total=cfg.steps, initial=self.state.step, unit="step", desc="train transcoder", disable=not progress)
+        bar = tqdm(
+            total=cfg.steps,
+            initial=self.state.step,
+            unit="step",
+            desc="train transcoder",
+            disable=not progress,
+        )
         start = time.perf_counter() - self.state.seconds
         try:
             while self.state.step < cfg.steps:
