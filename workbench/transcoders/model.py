@@ -87,11 +87,15 @@ class _SparseTopK(torch.autograd.Function):
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             grad_x = F.embedding_bag(indices, w_enc.T, per_sample_weights=g, mode="sum")
-        if ctx.needs_input_grad[1]:
-            rows = x.repeat_interleave(indices.shape[1], dim=0) * g.flatten()[:, None]  # [T*k, d_in]
-            grad_w = torch.zeros_like(w_enc.T).index_add_(0, flat, rows).T
+        if ctx.needs_input_grad[1]:  # Gᵀ x with G [T, width] holding k entries per row: a sparse matmul
+            tokens = torch.arange(len(x)).repeat_interleave(indices.shape[1])
+            size = (w_enc.shape[1], len(x))
+            g_t = torch.sparse_coo_tensor(
+                torch.stack([flat, tokens]), g.flatten(), size, check_invariants=False
+            )
+            grad_w = torch.sparse.mm(g_t.coalesce(), x).T
         if ctx.needs_input_grad[2]:
-            grad_b = torch.zeros(w_enc.shape[1], dtype=g.dtype).index_add_(0, flat, g.flatten())
+            grad_b = torch.bincount(flat, weights=g.flatten(), minlength=w_enc.shape[1]).to(g.dtype)
         return grad_x, grad_w, grad_b, None
 
 

@@ -96,7 +96,7 @@ class Trainer:
     def __init__(self, tc: Transcoder, cfg: TrainConfig, out: Path | None = None) -> None:
         self.tc, self.cfg, self.out = tc, cfg, Path(out) if out else None
         self.lr = cfg.learning_rate(tc.cfg)
-        self.optimiser = torch.optim.Adam(tc.parameters(), lr=self.lr, betas=(0.9, 0.999))
+        self.optimiser = torch.optim.Adam(tc.parameters(), lr=self.lr, fused=True)
         self.state = TrainState()
         self.last_fired = torch.zeros(tc.width, dtype=torch.long)  # token count when each feature last fired
 
