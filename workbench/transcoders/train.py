@@ -17,7 +17,7 @@ import math
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -28,6 +28,7 @@ from workbench.transcoders.data import Batch
 from workbench.transcoders.model import Transcoder, TranscoderConfig
 
 CHECKPOINT = "checkpoint"
+LOG_EVERY = 20
 
 
 @dataclass
@@ -66,6 +67,9 @@ class TrainState:
     last_loss: float = float("nan")
     last_fvu: float = float("nan")
     last_l0: float = float("nan")
+    curve: list[dict] = field(
+        default_factory=list
+    )  # every LOG_EVERY steps: step, tokens, loss, fvu, l0, dead
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -108,6 +112,8 @@ class Trainer:
         for group in self.optimiser.param_groups:
             group["lr"] = self.lr * lr_factor(self.state.step, cfg)
         x, y = batch.x, batch.y
+        if self.state.step == 0:
+            self.initialise_biases(x, y)
         out = tc(x)
         loss = recon = fvu(y, out.y_hat)
         values, indices = out.encoded
@@ -133,6 +139,12 @@ class Trainer:
         resample = tc.cfg.arch == "relu" and cfg.dead_remedy(tc.cfg) == "resample"
         if resample and self.state.step % cfg.resample_every == 0 and dead.any():
             self.resample(x, y, out.y_hat.detach(), dead)
+
+    @torch.no_grad()
+    def initialise_biases(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """From the first batch: b_dec = mean y, and b_enc centres the pre-activations (as sparsify does)."""
+        self.tc.b_dec.copy_(y.mean(0))
+        self.tc.b_enc.copy_(-(x.mean(0) @ self.tc.W_enc))
 
     @torch.no_grad()
     def resample(self, x: torch.Tensor, y: torch.Tensor, y_hat: torch.Tensor, dead: torch.Tensor) -> None:
@@ -200,7 +212,17 @@ class Trainer:
                 self.step(next(batches))
                 self.state.seconds = time.perf_counter() - start
                 bar.update(1)
-                if self.state.step % 10 == 0 or self.state.step == cfg.steps:
+                if self.state.step % LOG_EVERY == 0 or self.state.step == cfg.steps:
+                    self.state.curve.append(
+                        {
+                            "step": self.state.step,
+                            "tokens": self.state.tokens,
+                            "loss": self.state.last_loss,
+                            "fvu": self.state.last_fvu,
+                            "l0": self.state.last_l0,
+                            "dead": self.dead().float().mean().item(),
+                        }
+                    )
                     bar.set_postfix(
                         loss=f"{self.state.last_loss:.4f}",
                         fvu=f"{self.state.last_fvu:.4f}",

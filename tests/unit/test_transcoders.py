@@ -1,0 +1,166 @@
+"""Transcoder oracles: sparse backward vs autograd, training, checkpoint/resume, SAE-Lens round trip,
+a transcoder that equals the MLP splices in with no loss, feature statistics vs brute force."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from sae_lens import SAE
+
+from workbench.corpus import load_corpus, make_windows
+from workbench.errors import WorkbenchError
+from workbench.models import load_model
+from workbench.transcoders.data import Batch, mlp_pairs_of
+from workbench.transcoders.evaluate import evaluate_transcoder
+from workbench.transcoders.features import contexts, feature_table
+from workbench.transcoders.model import Transcoder, TranscoderConfig, _SparseTopK
+from workbench.transcoders.saelens import load_saelens, register_topk_with_saelens, save_saelens
+from workbench.transcoders.train import TrainConfig, Trainer, load_transcoder
+
+
+def test_sparse_topk_backward_matches_autograd():
+    torch.manual_seed(0)
+    x = torch.randn(32, 12, dtype=torch.double, requires_grad=True)
+    w = torch.randn(12, 40, dtype=torch.double, requires_grad=True)
+    b = torch.randn(40, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w, b: _SparseTopK.apply(x, w, b, 5)[0], (x, w, b))
+    values, indices = _SparseTopK.apply(x, w, b, 5)
+    dense = torch.relu(x @ w + b)
+    assert torch.allclose(values.sort(-1).values, dense.topk(5, -1).values.sort(-1).values)
+
+
+def _synthetic(cursor: int, batch: int = 256, d: int = 16, seed: int = 0) -> Batch:
+    """y = a sparse code of x: 64 true features ReLU(x·e_i − 1.5), e_i of norm 1; about 4 fire per token."""
+    g = torch.Generator().manual_seed(seed)
+    enc, dec = torch.randn(d, 64, generator=g), torch.randn(64, d, generator=g)
+    enc = enc / enc.norm(dim=0)
+    x = torch.randn(batch, d, generator=torch.Generator().manual_seed(1000 + cursor))
+    return Batch(x, torch.relu(x @ enc - 1.5) @ dec, cursor + 1)
+
+
+def _stream(start: int = 0):
+    cursor = start
+    while True:
+        batch = _synthetic(cursor)
+        cursor = batch.cursor
+        yield batch
+
+
+@pytest.mark.parametrize("arch", ["topk", "relu"])
+def test_training_learns_a_sparse_map(arch):
+    tc = Transcoder(TranscoderConfig(16, 16, 128, arch, k=6, l1=1e-3), seed=0)
+    trainer = Trainer(tc, TrainConfig(tokens=256 * 300, batch_size=256, lr=1e-2, warmup_steps=10))
+    state = trainer.run(_stream(), progress=False)
+    first, last = state.curve[0]["fvu"], state.curve[-1]["fvu"]
+    assert last < 0.6 and last < first / 2  # seeded: 0.31 (topk) and 0.45 (relu) after 300 steps
+    assert torch.allclose(tc.W_dec.norm(dim=1), torch.ones(128), atol=1e-5)  # unit decoder rows
+    if arch == "topk":
+        assert state.curve[-1]["l0"] <= 6
+
+
+def test_checkpoint_and_resume_match_an_uninterrupted_run(tmp_path):
+    cfg = TranscoderConfig(16, 16, 64, "topk", k=4)
+    train = TrainConfig(
+        tokens=256 * 40, batch_size=256, checkpoint_every=15, warmup_steps=5, dead_tokens=2000
+    )
+    straight = Transcoder(cfg, seed=0)
+    Trainer(straight, train).run(_stream(), progress=False)
+
+    def interrupted():  # a run killed during step 19: the last checkpoint is step 15's
+        for i, batch in enumerate(_stream()):
+            if i == 18:
+                raise KeyboardInterrupt
+            yield batch
+
+    first = Trainer(Transcoder(cfg, seed=0), train, tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        first.run(interrupted(), progress=False)
+    resumed = Trainer(Transcoder(cfg, seed=0), train, tmp_path)
+    resumed.load(tmp_path / "checkpoint")
+    assert resumed.state.step == 15
+    resumed.run(_stream(resumed.state.cursor), progress=False)
+    for name, value in straight.state_dict().items():
+        assert torch.allclose(value, resumed.tc.state_dict()[name], atol=1e-6), name
+    assert torch.equal(load_transcoder(tmp_path / "checkpoint").W_dec, resumed.tc.W_dec)
+
+
+@pytest.mark.parametrize(("arch", "skip"), [("relu", False), ("relu", True), ("topk", False), ("topk", True)])
+def test_saelens_round_trip(tmp_path, arch, skip):
+    tc = Transcoder(
+        TranscoderConfig(16, 12, 64, arch, k=5, skip=skip, layer=1, hook_in="a", hook_out="b"), seed=1
+    )
+    with torch.no_grad():
+        tc.b_enc.normal_()
+        tc.b_dec.normal_()
+        if skip:
+            tc.W_skip.normal_()
+    save_saelens(tc, tmp_path / "ours")
+    if arch == "topk":
+        register_topk_with_saelens()
+    sae = SAE.load_from_disk(str(tmp_path / "ours"))
+    expected = {("relu", False): "Transcoder", ("relu", True): "SkipTranscoder"}.get((arch, skip))
+    if expected:
+        assert type(sae).__name__ == expected  # SAE-Lens's own classes, not ours
+    x = torch.randn(20, 16)
+    with torch.no_grad():
+        assert torch.allclose(sae(x), tc(x).y_hat, atol=1e-5)
+        assert torch.allclose(sae.encode(x), tc.features(x), atol=1e-5)
+        sae.save_model(str(tmp_path / "theirs"))  # and what SAE-Lens saves, the workbench loads
+        back = load_saelens(tmp_path / "theirs")
+        assert (back.cfg.arch, back.cfg.skip, back.cfg.k) == (arch, skip, tc.cfg.k)
+        assert torch.allclose(back(x).y_hat, tc(x).y_hat, atol=1e-5)
+
+
+def test_saelens_refuses_what_it_cannot_run(tmp_path):
+    (tmp_path / "cfg.json").write_text('{"architecture": "jumprelu", "d_in": 4, "d_sae": 8}')
+    (tmp_path / "sae_weights.safetensors").write_bytes(b"")
+    with pytest.raises(WorkbenchError, match="jumprelu"):
+        load_saelens(tmp_path)
+
+
+def _exact_transcoder(handle, layer: int) -> Transcoder:
+    """A ReLU transcoder whose features are the MLP's neurons: it computes exactly the MLP."""
+    mlp = handle.model.blocks[layer].mlp
+    d, n = mlp.W_in.shape
+    tc = Transcoder(TranscoderConfig(d, d, n, "relu", layer=layer))
+    with torch.no_grad():
+        tc.W_enc.copy_(mlp.W_in)
+        tc.b_enc.copy_(mlp.b_in)
+        tc.W_dec.copy_(mlp.W_out)
+        tc.b_dec.copy_(mlp.b_out)
+    return tc
+
+
+def test_a_transcoder_equal_to_the_mlp_recovers_everything(checkpoints):
+    handle = load_model(str(checkpoints["gpt2"]), progress=False)
+    windows = make_windows(load_corpus()[:4], handle.tokenizer, 16, handle.separator_token_id).select(64)
+    result = evaluate_transcoder(handle, _exact_transcoder(handle, 1), windows, batch_size=2, progress=False)
+    assert result.fvu < 1e-8 and result.ce_spliced == pytest.approx(result.ce_clean, abs=1e-5)
+    assert result.ce_recovered == pytest.approx(1.0, abs=1e-3) and result.kl_score == pytest.approx(
+        1.0, abs=1e-4
+    )
+    assert result.ce_ablated != pytest.approx(result.ce_clean, abs=1e-4)
+    assert result.tokens == 64 and set(result.by_domain) <= {"code", "prose"}
+    # L0 is the MLP's own count of active neurons
+    x, y = mlp_pairs_of(handle, 1, windows.tokens)
+    with torch.inference_mode():
+        post = torch.relu(x @ handle.model.blocks[1].mlp.W_in + handle.model.blocks[1].mlp.b_in)
+    assert result.l0 == pytest.approx(float((post > 0).sum(-1).float().mean()), rel=1e-6)
+
+
+def test_feature_table_matches_brute_force(checkpoints):
+    handle = load_model(str(checkpoints["gpt2"]), progress=False)
+    windows = make_windows(load_corpus()[:4], handle.tokenizer, 16, handle.separator_token_id).select(96)
+    tc = _exact_transcoder(handle, 0)
+    table = feature_table(handle, tc, windows, batch_size=2, top_n=3, progress=False)
+    x, _ = mlp_pairs_of(handle, 0, windows.tokens)
+    with torch.inference_mode():
+        z = tc.features(x)  # [96, width], token index = window * 16 + position
+    density = torch.tensor(table.density, dtype=torch.float64)
+    assert torch.allclose(density, (z > 0).double().mean(0), atol=1e-9)
+    feature = int((z > 0).sum(0).argmax())
+    top = z[:, feature].topk(3)
+    assert [v for v, _, _ in table.top[feature]] == pytest.approx(top.values.tolist(), abs=1e-5)
+    assert [int(w) * 16 + int(p) for _, w, p in table.top[feature]] == top.indices.tolist()
+    shown = contexts(handle, tc, windows, table, feature, n=1, before=2, after=0)[0]
+    assert shown["tokens"][-1]["activation"] == pytest.approx(top.values[0].item(), abs=1e-5)

@@ -1,0 +1,181 @@
+"""`workbench transcoder train|eval`: the driver that ties data, training, saving and evaluation together.
+
+A training run folder holds `transcoder/` (workbench format), `saelens/` (SAE-Lens format),
+`checkpoint/` (for --resume) and results.json with the training record; `eval` reads any of
+`transcoder/`, `saelens/` or an SAE-Lens folder that SAE-Lens itself saved.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import altair as alt
+import pandas as pd
+
+from workbench.corpus import TokenWindows
+from workbench.errors import WorkbenchError
+from workbench.models import ModelHandle
+from workbench.results import Provenance, Result, register_result
+from workbench.transcoders.data import mlp_hooks, model_pairs, store_pairs
+from workbench.transcoders.model import Transcoder, TranscoderConfig
+from workbench.transcoders.saelens import load_saelens, save_saelens
+from workbench.transcoders.train import CHECKPOINT, TrainConfig, Trainer, load_transcoder, save_transcoder
+
+DEFINITION = (
+    "PAPERS.md §4. Transcoder from the MLP's input (blocks.L.mlp.hook_in, the normalised residual) to its "
+    "output (blocks.L.mlp.hook_out). Loss: batch FVU (+ λ·mean Σz/RMS‖y‖ for relu; + α·AuxK FVU of dead "
+    "features for topk); Adam, linear warm-up, linear decay over the last fifth; unit-norm decoder rows."
+)
+
+
+@register_result
+@dataclass
+class TranscoderTraining(Result):
+    kind = "transcoder_train"
+    title = "Transcoder training"
+
+    model: str
+    layer: int
+    arch: str
+    width: int
+    k: int | None
+    l1: float | None
+    skip: bool
+    tokens: int
+    steps: int
+    seconds: float
+    tokens_per_second: float
+    source: str
+    curve: list[dict]
+    provenance: Provenance
+
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame(self.curve).assign(model=self.model, layer=self.layer, arch=self.arch)
+
+    def charts(self) -> dict[str, alt.Chart]:
+        long = pd.DataFrame(self.curve).melt(id_vars=["step", "tokens"], value_vars=["fvu", "l0", "dead"])
+        return {
+            "training": alt.Chart(long, width=240, height=140)
+            .mark_line()
+            .encode(
+                x="tokens:Q", y=alt.Y("value:Q", title=None), column="variable:N", tooltip=["tokens", "value"]
+            )
+            .resolve_scale(y="independent")
+            .properties(title=f"{self.model} layer {self.layer}: {self.arch} transcoder, width {self.width}")
+        }
+
+
+def train_transcoder(
+    handle: ModelHandle,
+    windows: TokenWindows | None,
+    out: Path,
+    layer: int,
+    arch: str = "topk",
+    width: int | None = None,
+    k: int | None = 32,
+    l1: float | None = None,
+    skip: bool = False,
+    train: TrainConfig | None = None,
+    store: Path | None = None,
+    resume: bool = False,
+    windows_per_forward: int = 8,
+    progress: bool = True,
+) -> tuple[Transcoder, TranscoderTraining]:
+    """Train (or resume) a transcoder on `layer` of `handle`; weights land in `out`."""
+    if handle.facts.moe:
+        raise WorkbenchError(f"{handle.name} routes its MLPs to experts; transcoders need a dense MLP layer.")
+    if not 0 <= layer < handle.facts.n_layers:
+        raise WorkbenchError(f"--layer must be in 0..{handle.facts.n_layers - 1}, got {layer}.")
+    train = train or TrainConfig()
+    hook_in, hook_out = mlp_hooks(layer)
+    cfg = TranscoderConfig(
+        d_in=handle.facts.d_model,
+        d_out=handle.facts.d_model,
+        width=width or 32 * handle.facts.d_model,
+        arch=arch,
+        k=k if arch == "topk" else None,
+        l1=l1,
+        skip=skip,
+        model=handle.name,
+        layer=layer,
+        hook_in=hook_in,
+        hook_out=hook_out,
+    )
+    tc = Transcoder(cfg, seed=train.seed)
+    trainer = Trainer(tc, train, out)
+    checkpoint = out / CHECKPOINT
+    if resume:
+        if not (checkpoint / "state.json").is_file():
+            raise WorkbenchError(
+                f"Nothing to resume: {checkpoint} holds no checkpoint. Drop --resume to start."
+            )
+        trainer.load(checkpoint)
+        if trainer.tc.cfg.to_dict() != cfg.to_dict():
+            raise WorkbenchError(f"The checkpoint in {out} is of a different transcoder; start a new --out.")
+    elif checkpoint.exists():
+        raise WorkbenchError(
+            f"{out} already holds a training checkpoint: add --resume, or choose a new --out."
+        )
+    if store is not None:
+        batches = store_pairs(
+            store, hook_in, hook_out, train.batch_size, train.seed, start=trainer.state.cursor
+        )
+        source = f"store {store}"
+    else:
+        if windows is None:
+            raise WorkbenchError("Give token windows or a store to train from.")
+        batches = model_pairs(
+            handle,
+            windows,
+            layer,
+            train.batch_size,
+            buffer_tokens=min(65536, max(2 * train.batch_size, train.tokens // 4)),
+            windows_per_forward=windows_per_forward,
+            seed=train.seed,
+            start=trainer.state.cursor,
+        )
+        source = "model, on the fly through a shuffle buffer"
+    state = trainer.run(batches, progress=progress)
+    save_transcoder(tc, out / "transcoder")
+    save_saelens(tc, out / "saelens")
+    data = windows.slice_info if windows is not None and store is None else {"store": str(store)}
+    provenance = Provenance(
+        model=handle.facts.to_dict(),
+        data=data,
+        definition=DEFINITION,
+        settings={"transcoder": cfg.to_dict(), "train": train.__dict__, "learning_rate": trainer.lr},
+        seed=train.seed,
+    )
+    record = TranscoderTraining(
+        model=handle.name,
+        layer=layer,
+        arch=arch,
+        width=cfg.width,
+        k=cfg.k,
+        l1=cfg.l1,
+        skip=skip,
+        tokens=state.tokens,
+        steps=state.step,
+        seconds=state.seconds,
+        tokens_per_second=state.tokens / max(1e-9, state.seconds),
+        source=source,
+        curve=state.curve,
+        provenance=provenance,
+    )
+    return tc, record
+
+
+def load_any(path: str | Path) -> Transcoder:
+    """A transcoder from a training run folder, a workbench transcoder folder, or an SAE-Lens folder."""
+    path = Path(path).expanduser()
+    for folder in (path / "transcoder", path):
+        if (folder / "config.json").is_file() and (folder / "weights.safetensors").is_file():
+            return load_transcoder(folder)
+    for folder in (path / "saelens", path):
+        if (folder / "cfg.json").is_file():
+            return load_saelens(folder)
+    raise WorkbenchError(
+        f"No transcoder in {path}: expected a training run folder (transcoder/ or saelens/ inside) or an "
+        "SAE-Lens folder (cfg.json + sae_weights.safetensors)."
+    )
