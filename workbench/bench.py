@@ -151,3 +151,12 @@ def bench_essential(handle, windows, batch_size: int = 4, progress: bool = False
 BENCHMARKS: Registry[Callable] = Registry("benchmark")
 BENCHMARKS.register("capture", bench_capture)
 BENCHMARKS.register("essential", bench_essential)
+
+
+def bench_transcoder(handle, windows, batch_size: int = 8, **options) -> dict:
+    from workbench.transcoders.bench import bench_transcoder as run
+
+    return run(handle, windows, batch_size=batch_size, **options)
+
+
+BENCHMARKS.register("transcoder", bench_transcoder)

@@ -239,14 +239,25 @@ def cmd_bench(args: argparse.Namespace) -> dict:
 
     bench = BENCHMARKS.get(args.which)
     handle, windows = load_inputs(args)
-    body = bench(handle, windows, batch_size=args.batch_size)
+    options = {}
+    if args.which == "transcoder":
+        options = {"train_tokens": args.train_tokens, "width": args.width, "k": args.k, "layer": args.layer}
+        options |= {"seed": args.seed}
+    body = bench(handle, windows, batch_size=args.batch_size, **options)
     if not args.json:
         print(json.dumps(body, indent=2))
     return body
 
 
 def bench_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("which", help="which benchmark: capture, essential")
+    parser.add_argument("which", help="which benchmark: capture, essential, transcoder")
+    g = parser.add_argument_group("transcoder benchmark")
+    g.add_argument(
+        "--train-tokens", type=positive_int, default=409_600, help="training budget, both trainers"
+    )
+    g.add_argument("--width", type=positive_int, help="features (default 16 × d_model)")
+    g.add_argument("--k", type=positive_int, default=32, help="features kept per token")
+    g.add_argument("--layer", type=int, help="MLP layer (default n_layers // 2)")
     parser.set_defaults(tokens=4096, batch_size=4)
 
 

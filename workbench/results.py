@@ -100,6 +100,10 @@ RESULT_MODULES = (
     "workbench.experts.specialization",
     "workbench.experts.causal",
     "workbench.experts.moefication",
+    "workbench.transcoders.run",
+    "workbench.transcoders.evaluate",
+    "workbench.transcoders.features",
+    "workbench.transcoders.circuits",
 )
 
 

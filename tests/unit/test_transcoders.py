@@ -24,7 +24,13 @@ def test_sparse_topk_backward_matches_autograd():
     w = torch.randn(12, 40, dtype=torch.double, requires_grad=True)
     b = torch.randn(40, dtype=torch.double, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x, w, b: _SparseTopK.apply(x, w, b, 5)[0], (x, w, b))
-    values, indices = _SparseTopK.apply(x, w, b, 5)
+    dead = torch.zeros(40, dtype=torch.bool)
+    dead[::3] = True  # with the AuxK outputs: gradients through the dead features' top 4 too
+    aux = lambda x, w, b: tuple(
+        o for o in _SparseTopK.apply(x, w, b, 5, dead, 4, 10) if o.is_floating_point()
+    )  # noqa: E731
+    assert torch.autograd.gradcheck(aux, (x, w, b))
+    values, indices, _, _ = _SparseTopK.apply(x, w, b, 5)
     dense = torch.relu(x @ w + b)
     assert torch.allclose(values.sort(-1).values, dense.topk(5, -1).values.sort(-1).values)
 

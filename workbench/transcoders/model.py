@@ -69,34 +69,46 @@ class TranscoderOutput(NamedTuple):
 
 
 class _SparseTopK(torch.autograd.Function):
-    """(values, indices) = topk(ReLU(x W + b), k), with a backward that only touches the k chosen columns."""
+    """(values, indices) = topk(ReLU(x W + b), k), with a backward that only touches the k chosen columns.
+
+    With a `dead` mask it also returns, for the first `aux_rows` tokens, the top `k_aux` dead features
+    (for the AuxK loss) from the same dense pre-activations: the auxiliary loss costs no second matmul.
+    """
 
     @staticmethod
-    def forward(ctx, x, w_enc, b_enc, k):
+    def forward(ctx, x, w_enc, b_enc, k, dead=None, k_aux=0, aux_rows=0):
         pre = torch.addmm(b_enc, x, w_enc)
         values, indices = pre.topk(k, dim=-1, sorted=False)
-        values = values.clamp_min(0)
-        ctx.save_for_backward(x, w_enc, values, indices)
-        return values, indices
+        if dead is not None and k_aux > 0 and aux_rows > 0:
+            dead_idx = dead.nonzero().squeeze(1)  # only the dead columns: cheaper than masking all of them
+            aux_values, local = pre[:aux_rows, dead_idx].topk(k_aux, dim=-1, sorted=False)
+            aux_indices = dead_idx[local]
+        else:
+            aux_values, aux_indices = pre.new_zeros(0, 0), indices.new_zeros(0, 0)
+        values, aux_values = values.clamp_min(0), aux_values.clamp_min(0)
+        ctx.save_for_backward(x, w_enc, values, indices, aux_values, aux_indices)
+        return values, indices, aux_values, aux_indices
 
     @staticmethod
-    def backward(ctx, grad_values, _grad_indices):
-        x, w_enc, values, indices = ctx.saved_tensors
-        g = grad_values * (values > 0)  # ReLU
-        flat = indices.flatten()
+    def backward(ctx, grad_values, _grad_indices, grad_aux_values, _grad_aux_indices):
+        x, w_enc, values, indices, aux_values, aux_indices = ctx.saved_tensors
+        g = (grad_values * (values > 0)).flatten()  # ReLU
+        rows = torch.arange(len(x)).repeat_interleave(indices.shape[1])
+        cols = indices.flatten()
+        if aux_values.numel():
+            g = torch.cat([g, (grad_aux_values * (aux_values > 0)).flatten()])
+            rows = torch.cat([rows, torch.arange(len(aux_values)).repeat_interleave(aux_indices.shape[1])])
+            cols = torch.cat([cols, aux_indices.flatten()])
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = F.embedding_bag(indices, w_enc.T, per_sample_weights=g, mode="sum")
-        if ctx.needs_input_grad[1]:  # Gᵀ x with G [T, width] holding k entries per row: a sparse matmul
-            tokens = torch.arange(len(x)).repeat_interleave(indices.shape[1])
+            grad_x = torch.zeros_like(x).index_add_(0, rows, w_enc.T[cols] * g[:, None])
+        if ctx.needs_input_grad[1]:  # Gᵀ x with G [T, width] holding a few entries per row: a sparse matmul
             size = (w_enc.shape[1], len(x))
-            g_t = torch.sparse_coo_tensor(
-                torch.stack([flat, tokens]), g.flatten(), size, check_invariants=False
-            )
+            g_t = torch.sparse_coo_tensor(torch.stack([cols, rows]), g, size, check_invariants=False)
             grad_w = torch.sparse.mm(g_t.coalesce(), x).T
         if ctx.needs_input_grad[2]:
-            grad_b = torch.bincount(flat, weights=g.flatten(), minlength=w_enc.shape[1]).to(g.dtype)
-        return grad_x, grad_w, grad_b, None
+            grad_b = torch.bincount(cols, weights=g, minlength=w_enc.shape[1]).to(g.dtype)
+        return grad_x, grad_w, grad_b, None, None, None, None
 
 
 class Transcoder(nn.Module):
@@ -108,7 +120,7 @@ class Transcoder(nn.Module):
         dec = dec / dec.norm(dim=1, keepdim=True)
         self.W_dec = nn.Parameter(dec)
         # encoder starts as the decoder's transpose, scaled (sparsify's and Anthropic's initialisation)
-        enc = torch.randn(cfg.d_in, cfg.width, generator=generator) / math.sqrt(cfg.d_in)
+        enc = torch.randn(cfg.d_in, cfg.width, generator=generator) / math.sqrt(cfg.d_in) * 0.1
         self.W_enc = nn.Parameter(enc)
         self.b_enc = nn.Parameter(torch.zeros(cfg.width))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_out))
@@ -120,9 +132,18 @@ class Transcoder(nn.Module):
 
     def encode(self, x: torch.Tensor) -> Encoded:
         if self.cfg.arch == "topk":
-            values, indices = _SparseTopK.apply(x, self.W_enc, self.b_enc, self.cfg.k)
+            values, indices, _, _ = _SparseTopK.apply(x, self.W_enc, self.b_enc, self.cfg.k)
             return Encoded(values, indices)
         return Encoded(torch.relu(torch.addmm(self.b_enc, x, self.W_enc)), None)
+
+    def encode_with_aux(
+        self, x: torch.Tensor, dead: torch.Tensor, k_aux: int, aux_rows: int
+    ) -> tuple[Encoded, Encoded]:
+        """TopK codes, and for the first `aux_rows` tokens the top `k_aux` dead features' codes (AuxK)."""
+        values, indices, aux_values, aux_indices = _SparseTopK.apply(
+            x, self.W_enc, self.b_enc, self.cfg.k, dead, k_aux, aux_rows
+        )
+        return Encoded(values, indices), Encoded(aux_values, aux_indices)
 
     def decode(self, encoded: Encoded) -> torch.Tensor:
         if encoded.indices is None:

@@ -1,0 +1,159 @@
+"""`workbench bench transcoder`: the workbench's transcoder training against EleutherAI sparsify's.
+
+Both train a TopK transcoder on the same model, layer, token windows (the train split, the same
+windows in the same order), width, k, learning rate, warm-up and token budget; sparsify trains from
+token ids through its own Hugging Face model (a plain copy loaded from the checkpoint), with Adam.
+Both are timed end to end (model forwards included) and both results are evaluated by the same
+evaluator on the same held-out tokens. sparsify's code runs only here; nothing of it is ours.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import time
+
+import torch
+
+from workbench.corpus import TokenWindows, windows_for
+from workbench.errors import WorkbenchError
+from workbench.models import ModelHandle
+from workbench.transcoders.data import model_pairs
+from workbench.transcoders.evaluate import evaluate_transcoder
+from workbench.transcoders.model import Transcoder, TranscoderConfig
+from workbench.transcoders.train import TrainConfig, Trainer
+
+BATCH_TOKENS = 1024
+
+
+def _sparsify():
+    if not torch.cuda.is_available():
+        os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")  # read when sparsify is first imported
+    try:
+        import sparsify
+    except ImportError as err:
+        raise WorkbenchError(
+            "The transcoder benchmark needs EleutherAI sparsify: pip install -e '.[bench]' "
+            "(eai-sparsify, a benchmark-only extra)."
+        ) from err
+    return sparsify
+
+
+def _mlp_hookpoint(hf, layer: int) -> str:
+    pattern = re.compile(rf"^(h|layers)\.{layer}\.mlp$")
+    names = [n for n, _ in hf.base_model.named_modules() if pattern.match(n)]
+    if not names:
+        raise WorkbenchError(f"Cannot find layer {layer}'s MLP module in {type(hf).__name__} for sparsify.")
+    return names[0]
+
+
+def _from_sparsify(coder, cfg: TranscoderConfig) -> Transcoder:
+    tc = Transcoder(cfg)
+    with torch.no_grad():
+        tc.W_enc.copy_(coder.encoder.weight.detach().float().T)
+        tc.b_enc.copy_(coder.encoder.bias.detach().float())
+        tc.W_dec.copy_(coder.W_dec.detach().float())
+        tc.b_dec.copy_(coder.b_dec.detach().float())
+    return tc
+
+
+def train_with_sparsify(
+    handle, windows: TokenWindows, cfg: TranscoderConfig, lr: float, warmup: int, seed: int
+):
+    """sparsify's Trainer on the same windows; returns (transcoder in our layout, seconds)."""
+    sparsify = _sparsify()
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(str(handle.facts.checkpoint)).eval()
+    hookpoint = _mlp_hookpoint(hf, cfg.layer)
+    data = Dataset.from_dict({"input_ids": windows.tokens.tolist()}).with_format("torch")
+    precision = torch.get_float32_matmul_precision()
+    with tempfile.TemporaryDirectory() as save_dir:
+        train_cfg = sparsify.TrainConfig(
+            sparsify.SparseCoderConfig(transcode=True, k=cfg.k, num_latents=cfg.width),
+            batch_size=max(1, BATCH_TOKENS // windows.context),
+            optimizer="adam",
+            lr=lr,
+            lr_warmup_steps=warmup,
+            hookpoints=[hookpoint],
+            init_seeds=[seed],
+            save_dir=save_dir,
+            save_every=10**9,
+            log_to_wandb=False,
+        )
+        trainer = sparsify.Trainer(train_cfg, data, hf)
+        start = time.perf_counter()
+        trainer.fit()
+        seconds = time.perf_counter() - start
+        coder = trainer.saes[hookpoint]
+    torch.set_float32_matmul_precision(precision)  # sparsify sets "high" for the whole process
+    return _from_sparsify(coder, cfg), seconds
+
+
+def bench_transcoder(
+    handle: ModelHandle,
+    windows: TokenWindows,
+    batch_size: int = 8,
+    train_tokens: int = 409_600,
+    width: int | None = None,
+    k: int = 32,
+    layer: int | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict:
+    layer = handle.facts.n_layers // 2 if layer is None else layer
+    width = width or 16 * handle.facts.d_model
+    train_windows = windows_for(
+        handle, corpus="pydocs:train", context=windows.context, n_tokens=train_tokens, seed=seed
+    )
+    tokens = train_windows.n_tokens
+    cfg = TranscoderConfig(handle.facts.d_model, handle.facts.d_model, width, "topk", k=k, layer=layer)
+    train = TrainConfig(tokens=tokens, batch_size=BATCH_TOKENS, seed=seed)
+    lr = train.learning_rate(cfg)
+
+    ours = Transcoder(cfg, seed=seed)
+    trainer = Trainer(ours, train)
+    start = time.perf_counter()
+    trainer.run(
+        model_pairs(
+            handle, train_windows, layer, BATCH_TOKENS, buffer_tokens=min(65536, tokens // 4), seed=seed
+        ),
+        progress=progress,
+    )
+    our_seconds = time.perf_counter() - start
+    theirs, their_seconds = train_with_sparsify(handle, train_windows, cfg, lr, train.warmup_steps, seed)
+
+    evaluated = {}
+    for name, tc in (("workbench", ours), ("sparsify", theirs)):
+        result = evaluate_transcoder(handle, tc, windows, batch_size=batch_size, progress=progress)
+        evaluated[name] = {k: v for k, v in result.compact().items() if k != "tokens"}
+    body = {
+        "model": handle.name,
+        "layer": layer,
+        "width": width,
+        "k": k,
+        "train_tokens": tokens,
+        "eval_tokens": windows.n_tokens,
+        "learning_rate": lr,
+        "workbench": {
+            "seconds": our_seconds,
+            "tokens_per_second": tokens / our_seconds,
+            **evaluated["workbench"],
+        },
+        "sparsify": {
+            "seconds": their_seconds,
+            "tokens_per_second": tokens / their_seconds,
+            **evaluated["sparsify"],
+        },
+    }
+    body["speed_ratio_vs_sparsify"] = (
+        body["workbench"]["tokens_per_second"] / body["sparsify"]["tokens_per_second"]
+    )
+    body["fvu_ratio_vs_sparsify"] = body["workbench"]["fvu"] / body["sparsify"]["fvu"]
+    body["targets"] = {
+        "speed_ratio_vs_sparsify >= 1.0": body["speed_ratio_vs_sparsify"] >= 1.0,
+        "fvu_ratio_vs_sparsify <= 1.0": body["fvu_ratio_vs_sparsify"] <= 1.0,
+    }
+    return body
