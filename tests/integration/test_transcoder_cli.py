@@ -1,0 +1,113 @@
+"""`workbench transcoder train|eval` and `workbench bench transcoder` end to end on tiny-relu."""
+
+from __future__ import annotations
+
+import json
+
+from workbench.cli import main
+
+SMALL = ["--model", "tiny-relu", "--width", "512", "--k", "16", "--batch-tokens", "512"]
+
+
+def test_train_resume_eval_and_report(tmp_path, capsys):
+    out = tmp_path / "tc"
+    assert (
+        main(
+            [
+                "transcoder",
+                "train",
+                *SMALL,
+                "--tokens",
+                "20480",
+                "--checkpoint-every",
+                "10",
+                "--out",
+                str(out),
+                "--json",
+            ]
+        )
+        == 0
+    )
+    body = json.loads(capsys.readouterr().out)
+    assert body["layer"] == 2 and body["arch"] == "topk" and body["tokens"] == 20480
+    assert (out / "saelens" / "cfg.json").is_file() and (out / "checkpoint" / "state.json").is_file()
+    # the same folder again without --resume is refused; with --resume and a larger budget it continues
+    assert main(["transcoder", "train", *SMALL, "--tokens", "30720", "--out", str(out)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert (
+        main(["transcoder", "train", *SMALL, "--tokens", "30720", "--resume", "--out", str(out), "--json"])
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out)["tokens"] == 30720
+    evaluated = tmp_path / "eval"
+    args = [
+        "transcoder",
+        "eval",
+        str(out),
+        "--tokens",
+        "2048",
+        "--features",
+        "--out",
+        str(evaluated),
+        "--json",
+    ]
+    assert main(args) == 0
+    body = json.loads(capsys.readouterr().out)
+    keys = {
+        "l0",
+        "fvu",
+        "dead_fraction",
+        "ce_clean",
+        "ce_spliced",
+        "ce_ablated",
+        "ce_recovered",
+        "kl_score",
+        "tokens",
+    }
+    assert set(body) == keys and body["tokens"] == 2048 and body["l0"] <= 16
+    assert body["ce_ablated"] > body["ce_clean"]
+    report = tmp_path / "report"
+    assert (
+        main(
+            [
+                "report",
+                "--model",
+                "tiny-relu",
+                "--tokens",
+                "256",
+                "--out",
+                str(report),
+                "--include",
+                str(evaluated),
+                str(out),
+            ]
+        )
+        == 0
+    )
+    html = (report / "report.html").read_text()
+    for chart in ("ce", "feature_density", "density_vs_activation", "training"):
+        assert f'data-chart="{chart}"' in html
+    assert main(["transcoder", "eval", str(tmp_path / "nothing")]) == 2
+    assert "No transcoder" in capsys.readouterr().err
+
+
+def test_bench_against_sparsify_prints_both_ratios(capsys):
+    args = [
+        "bench",
+        "transcoder",
+        "--model",
+        "tiny-relu",
+        "--train-tokens",
+        "8192",
+        "--width",
+        "512",
+        "--tokens",
+        "1024",
+    ]
+    assert main([*args, "--json"]) == 0
+    body = json.loads(capsys.readouterr().out)
+    assert body["train_tokens"] == 8192 and body["eval_tokens"] == 1024
+    for side in ("workbench", "sparsify"):
+        assert body[side]["tokens_per_second"] > 0 and body[side]["l0"] <= 32
+    assert body["speed_ratio_vs_sparsify"] > 0 and body["fvu_ratio_vs_sparsify"] > 0
+    assert set(body["targets"]) == {"speed_ratio_vs_sparsify >= 1.0", "fvu_ratio_vs_sparsify <= 1.0"}
