@@ -111,3 +111,44 @@ def test_bench_against_sparsify_prints_both_ratios(capsys):
         assert body[side]["tokens_per_second"] > 0 and body[side]["l0"] <= 32
     assert body["speed_ratio_vs_sparsify"] > 0 and body["fvu_ratio_vs_sparsify"] > 0
     assert set(body["targets"]) == {"speed_ratio_vs_sparsify >= 1.0", "fvu_ratio_vs_sparsify <= 1.0"}
+
+
+def test_train_from_a_paired_store(checkpoints, tmp_path, capsys):
+    model = ["--model", str(checkpoints["gpt2"]), "--context", "32"]
+    store = tmp_path / "capture"
+    hooks = ["--hooks", "blocks.1.mlp.hook_in", "--hooks", "blocks.1.mlp.hook_out"]
+    assert main(["capture", *model, *hooks, "--tokens", "2048", "--out", str(store)]) == 0
+    out = tmp_path / "tc"
+    args = [
+        "transcoder",
+        "train",
+        *model,
+        "--layer",
+        "1",
+        "--width",
+        "64",
+        "--k",
+        "4",
+        "--batch-tokens",
+        "256",
+    ]
+    assert (
+        main([*args, "--tokens", "15360", "--store", str(store / "store"), "--out", str(out), "--json"]) == 0
+    )
+    capsys.readouterr()
+    record = json.loads((out / "results.json").read_text())["results"][0]
+    assert record["source"].startswith("store") and record["tokens"] == 15360  # 7.5 passes over the store
+    assert record["curve"][-1]["fvu"] < record["curve"][0]["fvu"]
+    wrong = [
+        "transcoder",
+        "train",
+        *model,
+        "--layer",
+        "0",
+        "--tokens",
+        "512",
+        "--store",
+        str(store / "store"),
+    ]
+    assert main([*wrong, "--out", str(tmp_path / "bad")]) == 2
+    assert "lacks" in capsys.readouterr().err
