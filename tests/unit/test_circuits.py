@@ -115,7 +115,7 @@ def test_error_term_and_connection_scores(checkpoints):
     scores = connection_scores(handle, tcs[0], tcs[1], feature=3, top=5)
     gamma = handle.model.blocks[1].ln2.original_component.weight.detach()
     enc = tcs[1].W_enc[:, 3] * gamma
-    brute = tcs[0].W_dec.detach() @ (enc - enc.mean())
+    brute = (tcs[0].W_dec @ (enc - enc.mean())).detach()
     assert [s["upstream"] for s in scores] == brute.abs().topk(5).indices.tolist()
     assert scores[0]["score"] == pytest.approx(float(brute[scores[0]["upstream"]]), abs=1e-5)
     with pytest.raises(WorkbenchError, match="before"):
