@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
+import torch
 
 from workbench.cli import main
 
@@ -33,13 +34,9 @@ def browser():
         browser.close()
 
 
-def test_every_chart_draws_offline(browser, checkpoints, tmp_path):
-    model = ["--model", str(checkpoints["mixtral"]), "--tokens", "256", "--context", "32"]
-    capture_run = tmp_path / "capture"
-    assert main(["capture", *model, "--attention", "--routing", "--out", str(capture_run)]) == 0
-    out = tmp_path / "run"
-    assert main(["report", *model, "--out", str(out), "--include", str(capture_run)]) == 0
-    page_url = (out / "report.html").resolve().as_uri()
+def assert_every_chart_draws(browser, report, expected: int) -> None:
+    """Open report.html with every outside request aborted; each chart must get an SVG and no error."""
+    page_url = report.resolve().as_uri()
     outside, errors = [], []
     page = browser.new_page()
     page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -54,8 +51,7 @@ def test_every_chart_draws_offline(browser, checkpoints, tmp_path):
     page.route("**/*", guard)
     page.goto(page_url)
     charts = page.locator("div.chart")
-    # 5 of the evaluation report, 3 of the MoE routing section, attention entropy and expert load
-    assert charts.count() == 10
+    assert charts.count() == expected
     for i in range(charts.count()):
         charts.nth(i).locator("svg, canvas").first.wait_for(state="attached", timeout=30_000)
         assert "chart failed" not in charts.nth(i).inner_text()
@@ -65,3 +61,60 @@ def test_every_chart_draws_offline(browser, checkpoints, tmp_path):
     assert marks.count() > 0
     assert outside == [] and errors == []
     page.close()
+
+
+def test_every_chart_draws_offline(browser, checkpoints, tmp_path):
+    model = ["--model", str(checkpoints["mixtral"]), "--tokens", "256", "--context", "32"]
+    capture_run = tmp_path / "capture"
+    assert main(["capture", *model, "--attention", "--routing", "--out", str(capture_run)]) == 0
+    out = tmp_path / "run"
+    assert main(["report", *model, "--out", str(out), "--include", str(capture_run)]) == 0
+    # 5 of the evaluation report, 3 of the MoE routing section, attention entropy and expert load
+    assert_every_chart_draws(browser, out / "report.html", 10)
+
+
+def test_analysis_sections_draw_offline(browser, checkpoints, tmp_path):
+    """Experts, masking, MoEfication, transcoder training, evaluation, features and a circuit."""
+    from workbench.models import load_model
+    from workbench.runs import RunFolder
+    from workbench.transcoders.circuits import Target, attribute
+    from workbench.transcoders.run import load_any
+
+    small = ["--tokens", "256", "--context", "32"]
+    dense, moe = ["--model", str(checkpoints["gpt2"])], ["--model", str(checkpoints["mixtral"])]
+    runs = {name: tmp_path / name for name in ("experts", "moefy", "train", "eval", "circuit")}
+    assert (
+        main(["experts", *moe, *small, "--mask", "reroute", "--baseline", "--out", str(runs["experts"])]) == 0
+    )
+    assert (
+        main(
+            ["moefy", *dense, *small, "--experts", "4", "--train-tokens", "512", "--out", str(runs["moefy"])]
+        )
+        == 0
+    )
+    train = ["--layer", "1", "--width", "64", "--k", "4", "--batch-tokens", "256", "--context", "32"]
+    assert main(["transcoder", "train", *dense, *train, "--tokens", "5120", "--out", str(runs["train"])]) == 0
+    assert (
+        main(
+            [
+                "transcoder",
+                "eval",
+                str(runs["train"]),
+                *dense,
+                *small,
+                "--features",
+                "--out",
+                str(runs["eval"]),
+            ]
+        )
+        == 0
+    )
+    handle = load_model(str(checkpoints["gpt2"]), progress=False)
+    traced = attribute(handle, torch.arange(20, 36), {1: load_any(runs["train"])}, Target("logit", 10, 5))
+    with RunFolder.create(runs["circuit"], "circuit", "test") as run:
+        run.save([traced])
+    out = tmp_path / "report"
+    included = [str(path) for path in runs.values()]
+    assert main(["report", *dense, *small, "--out", str(out), "--include", *included]) == 0
+    # 5 evaluation + experts 3 + masking 1 + moefy 1 + training 1 + eval 2 + features 2 + circuit 1
+    assert_every_chart_draws(browser, out / "report.html", 16)
