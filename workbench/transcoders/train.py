@@ -5,7 +5,7 @@ rows have unit norm, and z is measured in units of the batch's RMS ‖y‖), plu
 `auxk` remedy (sparsify's) α · the FVU of the residual error explained by the top dead features,
 on a quarter of each batch's tokens (ours: the same signal at a quarter of the cost).
 The `resample` remedy (for relu) re-initialises dead features towards the worst-reconstructed inputs.
-A feature is dead when it has not fired for `dead_tokens` tokens (a tenth of the run, if shorter).
+A feature is dead when it has not fired for `dead_tokens` tokens (1/40 of the run, if shorter).
 
 Checkpoints (weights, optimiser, counters, data cursor) are written atomically every
 `checkpoint_every` steps and at the end; `train(..., resume=True)` continues from the last one.
@@ -57,8 +57,12 @@ class TrainConfig:
 
     @property
     def dead_window(self) -> int:
-        """Tokens without firing before a feature counts as dead: dead_tokens, or a tenth of a short run."""
-        return min(self.dead_tokens, max(10 * self.batch_size, self.tokens // 10))
+        """Tokens without firing before a feature counts as dead: dead_tokens, or 1/40 of a shorter run.
+
+        Measured (bench transcoder, 409,600 tokens): a tenth of the run left 28 % of features dead at
+        the end, a fortieth 18.5 % with a lower FVU (0.1176 vs 0.1205): AuxK must start early.
+        """
+        return min(self.dead_tokens, max(10 * self.batch_size, self.tokens // 40))
 
     @property
     def steps(self) -> int:
