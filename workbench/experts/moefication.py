@@ -193,9 +193,17 @@ class CapturedMassReducer:
     """Folds captured mass and output per k, with oracle and router choices, and the router's routing."""
 
     def __init__(self, weights, memberships, labels_of, routers, k: int, stats: RoutingStats) -> None:
-        self.weights, self.memberships, self.labels_of = weights, memberships, labels_of
+        self.memberships = memberships
         self.routers, self.k, self.stats = routers, k, stats
         n_groups = next(iter(memberships.values())).shape[1]
+        # each group's neurons and their W_out rows, gathered once rather than on every batch
+        self.groups = {
+            layer: [(labels_of[layer] == g).nonzero().squeeze(1) for g in range(n_groups)]
+            for layer in memberships
+        }
+        self.group_w_out = {
+            layer: [weights[layer].w_out[idx] for idx in self.groups[layer]] for layer in memberships
+        }
         self.sums = {
             layer: {name: torch.zeros(n_groups, dtype=torch.float64) for name in SHARES}
             for layer in memberships
@@ -209,9 +217,12 @@ class CapturedMassReducer:
             inp, post = hook_names(layer)
             a, h = values[post].float(), values[inp].float()
             scores = group_scores(a, membership)
-            w, labels = self.weights[layer], self.labels_of[layer]
             group_out = torch.stack(
-                [a[:, labels == g] @ w.w_out[labels == g] for g in range(membership.shape[1])], dim=1
+                [
+                    a[:, idx] @ w_out
+                    for idx, w_out in zip(self.groups[layer], self.group_w_out[layer], strict=True)
+                ],
+                dim=1,
             )
             logits = self.routers[layer](h)
             oracle = scores.argsort(dim=1, descending=True)

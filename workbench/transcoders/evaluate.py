@@ -11,6 +11,7 @@ output replaced by the transcoder's), zero-ablated. Everything is folded per dom
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import altair as alt
@@ -122,11 +123,7 @@ class TranscoderEval(Result):
             for which in ("ce_clean", "ce_spliced", "ce_ablated")
         ]
         density = pd.DataFrame(
-            {
-                "log10 firing frequency": [
-                    float(torch.log10(torch.tensor(max(f, 0.5) / max(1, self.tokens)))) for f in self.firing
-                ]
-            }
+            {"log10 firing frequency": [math.log10(max(f, 0.5) / max(1, self.tokens)) for f in self.firing]}
         )
         return {
             "ce": alt.Chart(pd.DataFrame(rows), width=240, height=160)

@@ -8,6 +8,7 @@ the tokens around each top activation with the feature's value on every one of t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import altair as alt
@@ -84,9 +85,7 @@ class FeatureTable(Result):
 
     def charts(self) -> dict[str, alt.Chart]:
         t = self.table()
-        t = t[t.density > 0].assign(
-            log10_density=lambda d: d.density.map(lambda v: float(torch.log10(torch.tensor(v))))
-        )
+        t = t[t.density > 0].assign(log10_density=lambda d: d.density.map(math.log10))
         rows = [
             {"feature": f, "bin": (self.histogram_edges[i] * self.histogram_edges[i + 1]) ** 0.5, "count": c}
             for f, hist in self.histograms.items()

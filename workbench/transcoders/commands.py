@@ -1,0 +1,144 @@
+"""The `transcoder train|eval` command (registered in workbench.cli, imported when first run)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from workbench.cli import default_model, optional_run, positive_int, record
+from workbench.errors import WorkbenchError
+
+
+def cmd_transcoder(args: argparse.Namespace) -> dict:
+    if args.action == "train":
+        return _transcoder_train(args)
+    return _transcoder_eval(args)
+
+
+def _transcoder_train(args: argparse.Namespace) -> dict:
+    from workbench.corpus import windows_for
+    from workbench.models import load_model
+    from workbench.runs import RunFolder
+    from workbench.transcoders.run import train_transcoder
+    from workbench.transcoders.train import TrainConfig
+
+    if args.out is None:
+        raise WorkbenchError("transcoder train needs --out DIR: the folder for weights and checkpoints.")
+    run = RunFolder.create(args.out, "transcoder", args.command_line)
+    with run:
+        handle = load_model(args.model or default_model(progress=True), device=args.device)
+        layer = handle.facts.n_layers // 2 if args.layer is None else args.layer
+        windows = None
+        if args.store is None:  # the train split, every window, in a seeded order; reused when exhausted
+            windows = windows_for(
+                handle,
+                corpus=args.corpus or "pydocs:train",
+                text=args.text,
+                context=args.context,
+                seed=args.seed,
+            )
+        train = TrainConfig(
+            tokens=args.tokens or 2_000_000,
+            batch_size=args.batch_tokens,
+            lr=args.lr,
+            dead_tokens=args.dead_tokens,
+            remedy=args.remedy,
+            checkpoint_every=args.checkpoint_every,
+            seed=args.seed,
+        )
+        _, record = train_transcoder(
+            handle,
+            windows,
+            run.path,
+            layer,
+            arch=args.arch,
+            width=args.width,
+            k=args.k,
+            l1=args.l1,
+            skip=args.skip,
+            train=train,
+            store=args.store,
+            resume=args.resume,
+            windows_per_forward=args.batch_size,
+        )
+        record.provenance.command = args.command_line
+        run.save([record])
+    if not args.json:
+        print(
+            f"trained {record.arch} transcoder on {record.model} layer {record.layer}: "
+            f"{record.tokens} tokens in {record.seconds:.0f} s ({record.tokens_per_second:.0f} tokens/s); "
+            f"saved in {run.path}"
+        )
+    return {
+        "model": record.model,
+        "layer": record.layer,
+        "arch": record.arch,
+        "width": record.width,
+        "k": record.k,
+        "tokens": record.tokens,
+        "seconds": record.seconds,
+        "tokens_per_second": record.tokens_per_second,
+        "final": record.curve[-1] if record.curve else {},
+        "out": str(run.path),
+    }
+
+
+def _transcoder_eval(args: argparse.Namespace) -> dict:
+    from workbench.corpus import windows_for
+    from workbench.models import load_model
+    from workbench.transcoders.evaluate import evaluate_transcoder
+    from workbench.transcoders.features import feature_table
+    from workbench.transcoders.run import load_any
+
+    if args.dir is None:
+        raise WorkbenchError(
+            "transcoder eval needs the folder of a trained transcoder: workbench transcoder eval DIR"
+        )
+    tc = load_any(args.dir)
+    with optional_run(args, "transcoder-eval") as run:
+        handle = load_model(args.model or tc.cfg.model or default_model(progress=True), device=args.device)
+        if handle.facts.d_model != tc.cfg.d_in:
+            raise WorkbenchError(
+                f"The transcoder reads d_in={tc.cfg.d_in}, but {handle.name} has d_model "
+                f"{handle.facts.d_model}."
+            )
+        windows = windows_for(
+            handle,
+            corpus=args.corpus,
+            text=args.text,
+            context=args.context,
+            n_tokens=args.tokens or 16384,
+            seed=args.seed,
+        )
+        result = evaluate_transcoder(handle, tc, windows, batch_size=args.batch_size, seed=args.seed)
+        results = [result]
+        if args.features:
+            results.append(feature_table(handle, tc, windows, batch_size=args.batch_size, seed=args.seed))
+        record(args, run, results)
+    if not args.json:
+        print(result.table().round(4).to_string(index=False))
+    return result.compact()
+
+
+def transcoder_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=["train", "eval"], help="train a transcoder, or evaluate one")
+    parser.add_argument("dir", nargs="?", type=Path, help="eval: a training run folder or an SAE-Lens folder")
+    parser.set_defaults(tokens=None)  # train: 2,000,000 training tokens; eval: 16,384 held-out tokens
+    g = parser.add_argument_group("train")
+    g.add_argument("--layer", type=int, help="MLP layer (default: n_layers // 2)")
+    g.add_argument("--arch", default="topk", choices=["topk", "relu"])
+    g.add_argument("--width", type=positive_int, help="features (default 32 × d_model)")
+    g.add_argument("--k", type=positive_int, default=32, help="topk: features kept per token")
+    g.add_argument("--l1", type=float, help="relu: L1 coefficient λ (default 3e-3, see the loss in train.py)")
+    g.add_argument("--skip", action="store_true", help="add a linear skip connection x W_skipᵀ")
+    g.add_argument("--store", type=Path, help="train from this paired capture store instead of the model")
+    g.add_argument("--batch-tokens", type=positive_int, default=1024, help="tokens per optimiser step")
+    g.add_argument("--lr", type=float, help="learning rate (default: 2e-4/sqrt(width/2^14) topk, 4e-4 relu)")
+    g.add_argument("--dead-tokens", type=positive_int, default=500_000, help="tokens without firing = dead")
+    g.add_argument("--remedy", choices=["auxk", "resample", "none"], help="for dead features")
+    g.add_argument("--checkpoint-every", type=positive_int, default=200, help="steps between checkpoints")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    e = parser.add_argument_group("eval")
+    e.add_argument(
+        "--features", action="store_true", help="also fold the feature table (density, top contexts)"
+    )
