@@ -160,3 +160,12 @@ def bench_transcoder(handle, windows, batch_size: int = 8, **options) -> dict:
 
 
 BENCHMARKS.register("transcoder", bench_transcoder)
+
+
+def bench_replay(handle, windows, batch_size: int = 4, **options) -> dict:
+    from workbench.replay.bench import bench_replay as run
+
+    return run(handle, windows, batch_size=batch_size, **options)
+
+
+BENCHMARKS.register("replay", bench_replay)

@@ -251,7 +251,7 @@ def cmd_bench(args: argparse.Namespace) -> dict:
 
 
 def bench_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("which", help="which benchmark: capture, essential, transcoder")
+    parser.add_argument("which", help="which benchmark: capture, essential, transcoder, replay")
     g = parser.add_argument_group("transcoder benchmark")
     g.add_argument(
         "--train-tokens", type=positive_int, default=409_600, help="training budget, both trainers"
@@ -435,6 +435,24 @@ COMMANDS.register(
         lazy("workbench.transcoders.commands", "cmd_transcoder"),
         "train and evaluate transcoders (sparse MLP replacements)",
         extra_flags=lazy("workbench.transcoders.commands", "transcoder_flags"),
+    ),
+)
+
+COMMANDS.register(
+    "replay",
+    Command(
+        lazy("workbench.replay.commands", "cmd_replay"),
+        "apply edits (masks, top-k, skips, pruning, splices) and measure their effect, replaying from L",
+        extra_flags=lazy("workbench.replay.commands", "replay_flags"),
+    ),
+)
+
+COMMANDS.register(
+    "finercut",
+    Command(
+        lazy("workbench.replay.commands", "cmd_finercut"),
+        "greedy sublayer removal: the loss as attention / MLP sublayers are removed least-harm first",
+        extra_flags=lazy("workbench.replay.commands", "finercut_flags"),
     ),
 )
 

@@ -68,7 +68,7 @@ class PrunableMatrix:
         return self.weight.numel()
 
 
-def _hf_parameters(module: torch.nn.Module, prefix: str = "") -> Iterator[tuple[str, torch.nn.Module, str]]:
+def hf_parameters(module: torch.nn.Module, prefix: str = "") -> Iterator[tuple[str, torch.nn.Module, str]]:
     """(HF parameter name, owning HF module, attribute) over the HF tree, seeing through bridge wrappers.
 
     Walks only each bridge's `_original_component`, so the bridge's aliases (e.g. GPT-2's q/k/v views of
@@ -81,7 +81,7 @@ def _hf_parameters(module: torch.nn.Module, prefix: str = "") -> Iterator[tuple[
             yield prefix + attr, module, attr
     for child_name, child in module._modules.items():
         if child is not None:
-            yield from _hf_parameters(child, f"{prefix}{child_name}.")
+            yield from hf_parameters(child, f"{prefix}{child_name}.")
 
 
 def prunable_matrices(handle) -> list[PrunableMatrix]:
@@ -91,7 +91,7 @@ def prunable_matrices(handle) -> list[PrunableMatrix]:
     out: list[PrunableMatrix] = []
     unknown: list[str] = []
     seen: set[int] = set()
-    for name, module, attr in _hf_parameters(hf):
+    for name, module, attr in hf_parameters(hf):
         param = module._parameters[attr]
         block = _BLOCK.search(name)
         if block is None or param.ndim < 2 or id(param) in seen:

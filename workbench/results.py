@@ -104,6 +104,8 @@ RESULT_MODULES = (
     "workbench.transcoders.evaluate",
     "workbench.transcoders.features",
     "workbench.transcoders.circuits",
+    "workbench.replay.session",
+    "workbench.replay.finercut",
 )
 
 

@@ -1,0 +1,227 @@
+"""Replay oracle: for every edit kind and combinations, replay equals a full forward of the bridge with the
+edit applied by hooks (an independent path: TransformerLens hooks on the Hugging Face modules)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from workbench.errors import WorkbenchError
+from workbench.models import load_model
+from workbench.replay import (
+    ExpertMaskEdit,
+    HeadMask,
+    NeuronMask,
+    ReplayEngine,
+    ReplaySession,
+    SublayerSkip,
+    Threshold,
+    TopK,
+    TranscoderSplice,
+    WeightPrune,
+    dump_edits,
+    edits_applied,
+    load_edits,
+    parse_edits,
+)
+from workbench.replay.effects import effects
+from workbench.transcoders.model import Transcoder, TranscoderConfig
+from workbench.transcoders.train import save_transcoder
+
+ATOL = 2e-4
+
+
+@pytest.fixture(scope="module")
+def handles(checkpoints):
+    return {kind: load_model(str(path), device="cpu", progress=False) for kind, path in checkpoints.items()}
+
+
+def tokens_for(handle, batch=2, length=12, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, handle.facts.d_vocab, (batch, length), generator=gen)
+
+
+def hooked_logits(handle, tokens, edits):
+    with torch.inference_mode(), edits_applied(handle, edits):
+        return handle.logits(tokens).float()
+
+
+def assert_replay_matches(handle, edits, tokens=None):
+    tokens = tokens_for(handle) if tokens is None else tokens
+    engine = ReplayEngine(handle, tokens)
+    replayed = engine.replay(edits)
+    expected = hooked_logits(handle, tokens, edits)
+    torch.testing.assert_close(replayed.trace.logits, expected, atol=ATOL, rtol=1e-4)
+    assert (replayed.trace.logits - engine.base.logits).abs().max() > 1e-3, "the edit changed nothing"
+    return engine, replayed
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "mixtral", "qwen2moe"])
+def test_unedited_stack_equals_the_bridge(handles, kind):
+    handle = handles[kind]
+    tokens = tokens_for(handle)
+    engine = ReplayEngine(handle, tokens)
+    with torch.inference_mode():
+        torch.testing.assert_close(engine.base.logits, handle.logits(tokens).float(), atol=ATOL, rtol=1e-4)
+
+
+def _transcoder(tmp_path, handle, layer=1):
+    d = handle.facts.d_model
+    tc = Transcoder(TranscoderConfig(d_in=d, d_out=d, width=64, arch="topk", k=8, layer=layer), seed=3)
+    with torch.no_grad():
+        for p in tc.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    save_transcoder(tc, tmp_path / "tc")
+    return str(tmp_path / "tc")
+
+
+DENSE_EDITS = {
+    "neuron_mask": lambda h: [NeuronMask(1, (0, 3, 5, 17))],
+    "topk": lambda h: [TopK(1, 5)],
+    "threshold": lambda h: [Threshold(0, 0.05)],
+    "head_mask": lambda h: [HeadMask(1, (0, 2))],
+    "head_mask_all": lambda h: [HeadMask(0, tuple(range(h.facts.n_heads)))],
+    "skip_attn": lambda h: [SublayerSkip(1, "attn")],
+    "skip_mlp": lambda h: [SublayerSkip(0, "mlp")],
+    "prune_layerwise": lambda h: [WeightPrune(0.5, "layerwise", layer_list=(1,))],
+    "prune_2_4": lambda h: [WeightPrune(0.5, "2:4", matrices=("mlp_in", "mlp_out"))],
+    "prune_global_random": lambda h: [WeightPrune(0.3, "global", "random", seed=2)],
+    "combined": lambda h: [
+        HeadMask(0, (1,)),
+        NeuronMask(1, (2, 4)),
+        TopK(1, 7),
+        SublayerSkip(0, "mlp"),
+        WeightPrune(0.25, "rowwise", layer_list=(1,), matrices=("attn_o",)),
+    ],
+    "topk_then_threshold": lambda h: [Threshold(1, 0.02), TopK(1, 9), NeuronMask(1, (1,))],
+}
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+@pytest.mark.parametrize("name", sorted(DENSE_EDITS))
+def test_replay_equals_hooked_forward(handles, kind, name):
+    handle = handles[kind]
+    assert_replay_matches(handle, DENSE_EDITS[name](handle))
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_transcoder_splice_replay(handles, kind, tmp_path):
+    handle = handles[kind]
+    path = _transcoder(tmp_path, handle)
+    assert_replay_matches(handle, [TranscoderSplice(1, path), HeadMask(0, (3,))])
+
+
+@pytest.mark.parametrize("kind", ["mixtral", "qwen2moe"])
+@pytest.mark.parametrize("mode", ["reroute", "drop"])
+def test_expert_mask_replay(handles, kind, mode):
+    handle = handles[kind]
+    edits = [ExpertMaskEdit(1, (0,), mode), ExpertMaskEdit(0, (2, 3) if mode == "drop" else (3,), mode)]
+    _, replayed = assert_replay_matches(handle, edits)
+    assert replayed.first_layer == 0
+    assert_replay_matches(handle, [*edits, HeadMask(1, (1,)), WeightPrune(0.5, "layerwise", layer_list=(1,))])
+
+
+def test_replay_starts_at_the_first_edited_layer(handles):
+    handle = handles["llama"]
+    engine = ReplayEngine(handle, tokens_for(handle))
+    replayed = engine.replay([NeuronMask(1, (0,))])
+    assert replayed.first_layer == 1
+    assert replayed.trace.resid[1] is engine.base.resid[1]  # the cached prefix, not recomputed
+    fx = effects(engine, replayed)
+    assert fx.resid_deviation[0] == 0 and fx.resid_deviation[1] == 0 and fx.resid_deviation[2] > 0
+
+
+def test_effects_against_brute_force(handles):
+    handle = handles["gpt2"]
+    tokens = tokens_for(handle)
+    engine = ReplayEngine(handle, tokens)
+    edits = [SublayerSkip(1, "mlp")]
+    fx = effects(engine, engine.replay(edits), chosen=[5, 9])
+    base, edited = engine.base.logits.double(), hooked_logits(handle, tokens, edits).double()
+    p, q = base.softmax(-1), edited.softmax(-1)
+    kl = (p * (p.log() - q.log())).sum(-1)
+    ce = (
+        lambda logits: torch.nn.functional.cross_entropy(  # noqa: E731
+            logits[:, :-1].reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1)
+        )
+    )
+    assert fx.ce_delta == pytest.approx(float(ce(edited) - ce(base)), abs=1e-4)
+    torch.testing.assert_close(fx.kl.double(), kl, atol=1e-4, rtol=1e-3)
+    assert float(fx.top1_agree.float().mean()) == pytest.approx(
+        float((base.argmax(-1) == edited.argmax(-1)).float().mean())
+    )
+    torch.testing.assert_close(fx.logit_diff.double(), (edited - base)[..., [5, 9]], atol=1e-4, rtol=1e-4)
+
+
+def test_generation_under_an_edit_matches_hooked_greedy(handles):
+    handle = handles["llama"]
+    prompt = tokens_for(handle, batch=1, length=5)
+    edits = [HeadMask(1, (0, 1)), TopK(0, 4)]
+    engine = ReplayEngine(handle, prompt)
+    got = engine.generate(engine.compile(edits), 4)
+    ids = prompt.clone()
+    for _ in range(4):
+        ids = torch.cat([ids, hooked_logits(handle, ids, edits)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert got.tolist() == ids[:, 5:].tolist()
+
+
+def test_edits_round_trip_through_json(tmp_path):
+    edits = [
+        NeuronMask(2, (5, 1, 5)),
+        TopK(0, 8),
+        Threshold(1, 0.1),
+        HeadMask(3, (2,)),
+        ExpertMaskEdit(1, (4,), "drop"),
+        SublayerSkip(0, "attn"),
+        WeightPrune(0.5, "2:4", layer_list=(1, 2), matrices=("mlp_in",)),
+        TranscoderSplice(2, "runs/tc"),
+    ]
+    text = json.dumps(dump_edits(edits))
+    assert parse_edits(json.loads(text)) == edits
+    (tmp_path / "e.json").write_text(json.dumps({"edits": dump_edits(edits)}))
+    assert load_edits(tmp_path / "e.json") == edits
+    assert json.loads(text)[0] == {"kind": "neuron_mask", "layer": 2, "neurons": [1, 5]}
+    assert json.loads(text)[6]["layers"] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"kind": "neuron_masks", "layer": 0, "neurons": [1]}, "Did you mean 'neuron_mask'"),
+        ({"kind": "topk", "layer": 0, "k": 4, "extra": 1}, "unknown field"),
+        ({"kind": "skip", "layer": 0, "target": "block"}, "'attn' or 'mlp'"),
+        ({"layer": 0}, "'kind' field"),
+    ],
+)
+def test_bad_edit_json_says_what_to_do(bad, message):
+    with pytest.raises(WorkbenchError, match=message):
+        parse_edits(bad)
+
+
+def test_model_specific_refusals(handles):
+    gpt2, mixtral = handles["gpt2"], handles["mixtral"]
+    engine = ReplayEngine(gpt2, tokens_for(gpt2))
+    for edits, message in [
+        ([NeuronMask(5, (0,))], "do not exist"),
+        ([HeadMask(0, (9,))], "has heads"),
+        ([ExpertMaskEdit(0, (1,))], "not a mixture-of-experts"),
+        ([SublayerSkip(0, "mlp"), TopK(0, 3)], "skipped and also edited"),
+    ]:
+        with pytest.raises(WorkbenchError, match=message):
+            engine.compile(edits)
+    with pytest.raises(WorkbenchError, match="neuron edits do not apply"):
+        ReplayEngine(mixtral, tokens_for(mixtral)).compile([NeuronMask(0, (1,))])
+
+
+def test_session_apply_is_cached_and_generates(handles):
+    handle = handles["gpt2"]
+    session = ReplaySession(handle, tokens_for(handle, batch=1, length=10))
+    edits = [{"kind": "skip", "layer": 1, "target": "attn"}]
+    first = session.apply(edits)
+    again = session.apply(edits)
+    assert len(session._plans) == 1 and again.ce_delta == first.ce_delta
+    assert first.to_dict()["kind"] == "replay" and set(first.charts()) == {"resid_deviation", "per_token_kl"}
+    out = session.generate(edits, 3)
+    assert len(out["base_ids"]) == 3 and len(out["edited_ids"]) == 3

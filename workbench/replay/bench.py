@@ -1,0 +1,89 @@
+"""`workbench bench replay`: (a) prefix reuse, (b) sparse vs dense MLP on the CPU torch path, (c) the
+Triton kernels on a GPU (or a line saying they were skipped). Every figure is a ratio against a baseline
+timed in the same run; medians of interleaved repeats (timings here are noisy).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from workbench.replay.edits import NeuronMask
+from workbench.replay.engine import ReplayEngine, run_layers
+
+PREFIX_TARGET = 1.2  # ratio <= 1.2 × ideal at every layer
+
+
+def _median_times(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Interleaved timings of each function, median seconds."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()  # warm-up
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def prefix_reuse(handle, tokens: torch.Tensor, repeats: int = 5) -> dict:
+    """Replay of a small neuron mask at L = n/4, n/2, 3n/4 against a full forward and the ideal.
+
+    The edit masks 1 % of layer L's MLP neurons: it changes the output but not the work (the gathered
+    MLP is 1 % smaller), so replay should cost what the blocks >= L cost. `ideal` is those blocks plus
+    the final norm and unembedding, run unedited from the cached residual; `ratio` includes everything
+    `engine.replay` does (the edit is compiled beforehand, its `apply_seconds` reported apart).
+    """
+    engine = ReplayEngine(handle, tokens)
+    stack = engine.stack
+    n = stack.n_layers
+    rope = stack.rope(tokens.shape[1])
+    d_mlp = handle.facts.d_mlp
+    rows = []
+    bridge = _median_times({"bridge": lambda: handle.logits(tokens)}, max(1, repeats // 2))["bridge"]
+    for layer in sorted({n // 4, n // 2, 3 * n // 4}):
+        plan = engine.compile([NeuronMask(layer, tuple(range(0, d_mlp, 100)))])
+
+        def ideal(layer=layer):
+            with torch.inference_mode():
+                out = run_layers(stack, engine.base.resid[layer], layer, None, rope)
+                return stack.logits(out[-1])
+
+        t = _median_times(
+            {"full": engine.forward, "ideal": ideal, "replay": lambda plan=plan: engine.replay(plan)}, repeats
+        )
+        ratio, best = t["replay"] / t["full"], t["ideal"] / t["full"]
+        rows.append(
+            {
+                "layer": layer,
+                "ratio": round(ratio, 4),
+                "ideal": round(best, 4),
+                "ratio_over_ideal": round(ratio / best, 4),
+                "meets_target": ratio <= PREFIX_TARGET * best,
+                "full_forward_seconds": round(t["full"], 5),
+                "replay_seconds": round(t["replay"], 5),
+                "apply_seconds": round(plan.apply_seconds, 5),
+            }
+        )
+    return {
+        "prefix": rows,
+        "tokens": int(tokens.numel()),
+        "full_forward_vs_bridge_forward": round(rows[0]["full_forward_seconds"] / bridge, 4),
+        "bridge_forward_seconds": round(bridge, 5),
+        "target": f"ratio <= {PREFIX_TARGET} x ideal at every layer",
+    }
+
+
+def bench_replay(handle, windows, batch_size: int = 4, repeats: int = 5, **_: object) -> dict:
+    """All three parts of the replay benchmark in one run."""
+    from workbench.kernels.benchmark import sparse_mlp_benchmark, triton_benchmark
+
+    tokens = windows.tokens[:batch_size]
+    body = {"model": handle.name, **prefix_reuse(handle, tokens, repeats)}
+    body["sparse_mlp"] = sparse_mlp_benchmark()
+    body["triton"] = triton_benchmark()
+    return body

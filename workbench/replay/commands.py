@@ -1,0 +1,110 @@
+"""The `replay` command (registered in workbench.cli, imported when first run)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from workbench.cli import load_inputs, optional_run, positive_int, record
+
+REPLAY_TOKENS = 512  # a few windows: the cached run keeps log-probabilities [tokens, vocab]
+
+
+def cmd_replay(args: argparse.Namespace) -> dict:
+    from workbench.replay.edits import load_edits
+    from workbench.replay.session import ReplaySession
+
+    edits = load_edits(args.edit)
+    with optional_run(args, "replay") as run:
+        handle, windows = load_inputs(args)
+        session = ReplaySession(handle, windows.tokens, windows.slice_info)
+        result = session.apply(edits)
+        if args.generate:
+            prompt = (
+                torch.tensor([handle.tokenizer(args.prompt, add_special_tokens=False)["input_ids"]])
+                if args.prompt
+                else windows.tokens[:1, : args.prompt_tokens]
+            )
+            start = time.perf_counter()
+            result.generation = ReplaySession(handle, prompt).generate(edits, args.generate)
+            result.generation["seconds"] = round(time.perf_counter() - start, 4)
+        record(args, run, [result])
+    if not args.json:
+        print(result.table().round(4).to_string(index=False))
+        if result.generation:
+            print(f"unedited: {result.generation['base']!r}\nedited:   {result.generation['edited']!r}")
+    body = {
+        "edit": result.edits,
+        "first_layer": result.first_layer,
+        "ce_delta": result.ce_delta,
+        "kl": result.kl,
+        "top1_agreement": result.top1_agreement,
+        "seconds": result.seconds,
+        "full_forward_seconds": result.full_forward_seconds,
+        "apply_seconds": result.apply_seconds,
+        "ce_base": result.ce_base,
+        "ce_edited": result.ce_edited,
+        "tokens": result.tokens,
+        "model": result.model,
+        "resid_deviation": result.resid_deviation,
+    }
+    if result.generation:
+        body["generation"] = result.generation
+    return body
+
+
+def replay_flags(parser: argparse.ArgumentParser) -> None:
+    parser.set_defaults(tokens=REPLAY_TOKENS)
+    parser.add_argument(
+        "--edit",
+        required=True,
+        help="a JSON file of edits (one object, a list, or {'edits': [...]}), or the JSON itself",
+    )
+    parser.add_argument("--generate", type=positive_int, help="also continue a prompt greedily N tokens")
+    parser.add_argument("--prompt", help="with --generate: the prompt (default: the first window's start)")
+    parser.add_argument(
+        "--prompt-tokens", type=positive_int, default=32, help="with --generate and no --prompt: its length"
+    )
+
+
+def cmd_finercut(args: argparse.Namespace) -> dict:
+    from workbench.corpus import windows_for
+    from workbench.replay.finercut import greedy_removal
+
+    with optional_run(args, "finercut") as run:
+        handle, windows = load_inputs(args)
+        calibration = windows_for(
+            handle,
+            corpus="pydocs:train",
+            context=args.context,
+            n_tokens=args.calibration_tokens,
+            seed=args.seed,
+        )
+        data = {"heldout": windows.slice_info, "calibration": calibration.slice_info}
+        result = greedy_removal(
+            handle, calibration.tokens, windows.tokens, args.max_share, progress=not args.json, data=data
+        )
+        record(args, run, [result])
+    if not args.json:
+        print(result.table().round(4).to_string(index=False))
+    return {
+        "model": result.model,
+        "base_loss": result.base_loss,
+        "steps": result.steps,
+        "seconds": round(result.seconds, 2),
+    }
+
+
+def finercut_flags(parser: argparse.ArgumentParser) -> None:
+    parser.set_defaults(tokens=1024)
+    parser.add_argument(
+        "--max-share", type=float, default=0.5, help="stop when this share of the sublayers is removed"
+    )
+    parser.add_argument(
+        "--calibration-tokens",
+        type=positive_int,
+        default=256,
+        help="training-split tokens on which each candidate's KL is measured",
+    )

@@ -1,0 +1,239 @@
+"""Edits as data (PAPERS.md §5): each kind is a small frozen dataclass, registered by name, JSON round-trip.
+
+An edit says *what* changes, never how it is run: the replay engine (`compile.py`) and the hook-based
+reference (`hooked.py`) each read the same edit. A list of edits is applied together. On one MLP, neuron
+masks act first (a static set), then top-k and threshold edits in list order.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+from workbench.errors import WorkbenchError
+from workbench.registry import Registry
+
+EDIT_KINDS: Registry[type[Edit]] = Registry(
+    "edit kind", "Register a new one with @EDIT_KINDS.decorator(name) in workbench/replay/edits.py."
+)
+
+
+@dataclass(frozen=True)
+class Edit:
+    """Base: `kind` names the registered class; `layers(n)` the layers it touches, `sublayer` where."""
+
+    kind: ClassVar[str] = ""
+    sublayer: ClassVar[str] = "mlp"  # "attn", "mlp" or "weights" (any matrix of the layer)
+
+    def layers(self, n_layers: int) -> list[int]:
+        return [self.layer]  # type: ignore[attr-defined]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {"kind": self.kind}
+        for key, value in asdict(self).items():
+            data[key] = list(value) if isinstance(value, tuple) else value
+        return data
+
+    def check(self, n_layers: int) -> None:
+        """Refuse layers the model does not have (model-specific checks happen when compiling)."""
+        bad = [layer for layer in self.layers(n_layers) if not 0 <= layer < n_layers]
+        if bad:
+            raise WorkbenchError(
+                f"{self.kind}: layer(s) {bad} do not exist; the model has layers 0..{n_layers - 1}"
+            )
+
+
+def _ints(values) -> tuple[int, ...]:
+    return tuple(int(v) for v in values)
+
+
+@EDIT_KINDS.decorator("neuron_mask")
+@dataclass(frozen=True)
+class NeuronMask(Edit):
+    """Zero these MLP neurons' activations (the same set for every token)."""
+
+    kind: ClassVar[str] = "neuron_mask"
+    layer: int
+    neurons: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "neurons", tuple(sorted(set(_ints(self.neurons)))))
+
+
+@EDIT_KINDS.decorator("topk")
+@dataclass(frozen=True)
+class TopK(Edit):
+    """Keep each token's k MLP activations of largest magnitude, zero the rest (CATS / TEAL style)."""
+
+    kind: ClassVar[str] = "topk"
+    layer: int
+    k: int
+
+    def __post_init__(self) -> None:
+        if int(self.k) < 1:
+            raise WorkbenchError(f"topk: k must be at least 1, got {self.k}")
+
+
+@EDIT_KINDS.decorator("threshold")
+@dataclass(frozen=True)
+class Threshold(Edit):
+    """Zero MLP activations whose magnitude is below `tau` (per token, so the kept set varies)."""
+
+    kind: ClassVar[str] = "threshold"
+    layer: int
+    tau: float
+
+
+@EDIT_KINDS.decorator("head_mask")
+@dataclass(frozen=True)
+class HeadMask(Edit):
+    """Remove these attention heads' outputs (their z is zero; the output bias stays)."""
+
+    kind: ClassVar[str] = "head_mask"
+    sublayer: ClassVar[str] = "attn"
+    layer: int
+    heads: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "heads", tuple(sorted(set(_ints(self.heads)))))
+
+
+@EDIT_KINDS.decorator("expert_mask")
+@dataclass(frozen=True)
+class ExpertMaskEdit(Edit):
+    """Mask routed experts (experts issue): `reroute` to the next-best expert, or `drop` the choice."""
+
+    kind: ClassVar[str] = "expert_mask"
+    layer: int
+    experts: tuple[int, ...]
+    mode: str = "reroute"
+
+    def __post_init__(self) -> None:
+        from workbench.experts.masking import ExpertMask
+
+        object.__setattr__(self, "experts", tuple(sorted(set(_ints(self.experts)))))
+        ExpertMask(self.layer, self.experts, self.mode)  # validates the mode
+
+    def as_mask(self):
+        from workbench.experts.masking import ExpertMask
+
+        return ExpertMask(self.layer, self.experts, self.mode)
+
+
+@EDIT_KINDS.decorator("skip")
+@dataclass(frozen=True)
+class SublayerSkip(Edit):
+    """Remove a whole attention or MLP sublayer: its output is zero (FinerCut)."""
+
+    kind: ClassVar[str] = "skip"
+    layer: int
+    target: str  # "attn" or "mlp"
+
+    def __post_init__(self) -> None:
+        if self.target not in ("attn", "mlp"):
+            raise WorkbenchError(f"skip: target must be 'attn' or 'mlp', got {self.target!r}")
+
+    @property
+    def sublayer(self) -> str:  # type: ignore[override]
+        return self.target
+
+
+@EDIT_KINDS.decorator("weight_prune")
+@dataclass(frozen=True)
+class WeightPrune(Edit):
+    """One-shot weight pruning (sparsity issue): pattern global/layerwise/rowwise/N:M at `sparsity`.
+
+    `layers` and `matrices` (kinds such as mlp_in, mlp_gate, mlp_out, attn_q, attn_k, attn_v, attn_qkv,
+    attn_o) narrow the reference scope of `workbench.pruning`; None means all of it.
+    """
+
+    kind: ClassVar[str] = "weight_prune"
+    sublayer: ClassVar[str] = "weights"
+    sparsity: float
+    pattern: str = "layerwise"
+    criterion: str = "magnitude"
+    layer_list: tuple[int, ...] | None = None
+    matrices: tuple[str, ...] | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.layer_list is not None:
+            object.__setattr__(self, "layer_list", tuple(sorted(set(_ints(self.layer_list)))))
+        if self.matrices is not None:
+            object.__setattr__(self, "matrices", tuple(self.matrices))
+        if self.criterion == "wanda":
+            raise WorkbenchError(
+                "weight_prune: criterion 'wanda' needs calibration activations; replay supports "
+                "'magnitude' and 'random' (run `workbench essential` for Wanda curves)"
+            )
+
+    def layers(self, n_layers: int) -> list[int]:
+        return list(self.layer_list) if self.layer_list is not None else list(range(n_layers))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = super().to_dict()
+        data["layers"] = data.pop("layer_list")  # the JSON name; the field avoids shadowing layers()
+        return data
+
+
+@EDIT_KINDS.decorator("transcoder")
+@dataclass(frozen=True)
+class TranscoderSplice(Edit):
+    """Replace layer `layer`'s MLP output by a transcoder's reconstruction (transcoder issue)."""
+
+    kind: ClassVar[str] = "transcoder"
+    layer: int
+    path: str  # a training run folder, a workbench transcoder folder or an SAE-Lens folder
+
+
+def edit_from_dict(data: dict[str, Any]) -> Edit:
+    """One edit from its JSON object {"kind": ..., fields...}; unknown kinds and fields are refused."""
+    if not isinstance(data, dict) or "kind" not in data:
+        raise WorkbenchError(f"An edit is a JSON object with a 'kind' field; got {data!r}")
+    cls = EDIT_KINDS.get(data["kind"])
+    names = {f.name for f in fields(cls)}
+    given = {k: v for k, v in data.items() if k != "kind"}
+    if cls is WeightPrune and "layers" in given:
+        given["layer_list"] = given.pop("layers")
+    unknown = sorted(set(given) - names)
+    if unknown:
+        raise WorkbenchError(f"{data['kind']}: unknown field(s) {unknown}; fields are {sorted(names)}")
+    try:
+        return cls(**given)
+    except TypeError as err:
+        raise WorkbenchError(f"{data['kind']}: {err}; fields are {sorted(names)}") from None
+
+
+def parse_edits(data: Any) -> list[Edit]:
+    """Edits from JSON data: one edit object, a list of them, or {"edits": [...]}."""
+    if isinstance(data, dict) and "edits" in data:
+        data = data["edits"]
+    items = data if isinstance(data, list) else [data]
+    if not items:
+        raise WorkbenchError("No edits given: write one edit object or a list of them")
+    return [edit_from_dict(item) for item in items]
+
+
+def load_edits(source: str | Path) -> list[Edit]:
+    """Edits from a JSON file (or a JSON string that starts with '{' or '[')."""
+    text = str(source)
+    if not text.lstrip().startswith(("{", "[")):
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise WorkbenchError(f"Edit file {path} does not exist; write the edits as JSON (see README)")
+        text = path.read_text()
+    try:
+        return parse_edits(json.loads(text))
+    except json.JSONDecodeError as err:
+        raise WorkbenchError(f"Edits are not valid JSON: {err}") from None
+
+
+def dump_edits(edits: list[Edit]) -> list[dict[str, Any]]:
+    return [e.to_dict() for e in edits]
+
+
+def first_layer(edits: list[Edit], n_layers: int) -> int:
+    """The first layer any edit touches: replay recomputes only layers >= this."""
+    return min(layer for e in edits for layer in e.layers(n_layers))

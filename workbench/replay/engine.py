@@ -1,0 +1,108 @@
+"""The replay engine: run a batch once unedited, keep the residual stream at every layer boundary, then
+replay any list of edits from the first layer it touches (PAPERS.md §5; DESIGN.md "never recompute
+what is cached").
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from workbench.models import ModelHandle
+from workbench.replay.edits import Edit
+from workbench.replay.plan import Plan, compile_plan
+from workbench.replay.stack import Stack, run_mlp
+
+
+@dataclass
+class Trace:
+    """One forward: resid[l] is the residual entering layer l (resid[n] leaves the last block)."""
+
+    resid: list[torch.Tensor]  # n_layers + 1 tensors [B, T, d]
+    logits: torch.Tensor  # [B, T, V]
+
+
+@dataclass
+class Replayed:
+    """The edited run of the engine's batch."""
+
+    edits: list[Edit]
+    first_layer: int
+    trace: Trace  # residuals before first_layer are the cached unedited ones
+    apply_seconds: float  # compiling the edits (gathering weights, masks); done once per edit list
+    seconds: float  # recomputing layers >= first_layer and the logits
+
+
+def run_layers(stack: Stack, x: torch.Tensor, start: int, plan: Plan | None, rope) -> list[torch.Tensor]:
+    """Blocks start..n-1 from residual x, under the plan's overrides; returns the residuals after each."""
+    layers = stack.layers if plan is None else plan.layers
+    out = []
+    for i in range(start, stack.n_layers):
+        layer = layers[i]
+        attn = plan.attn[i] if plan is not None and i in plan.attn else layer.attn
+        if attn is not None:
+            x = x + attn(layer.ln1(x), rope)
+        if plan is not None and i in plan.mlp:
+            mlp = plan.mlp[i]
+            if mlp is not None:
+                x = x + mlp(layer.ln2(x))
+        else:
+            x = x + run_mlp(layer.mlp, layer.ln2(x))
+        out.append(x)
+    return out
+
+
+class ReplayEngine:
+    """Holds one batch [B, T] (no padding) with its unedited trace; `replay(edits)` recomputes from L."""
+
+    def __init__(self, handle: ModelHandle, tokens: torch.Tensor, stack: Stack | None = None) -> None:
+        self.handle = handle
+        self.stack = stack if stack is not None else Stack.of(handle)
+        self.tokens = tokens.to(handle.device)
+        self._transcoders: dict = {}
+        start = time.perf_counter()
+        self.base = self.forward()
+        self.full_forward_seconds = time.perf_counter() - start
+        self.base_logprobs = torch.log_softmax(self.base.logits.float(), dim=-1)
+
+    def forward(self, plan: Plan | None = None, tokens: torch.Tensor | None = None) -> Trace:
+        """A full forward from the embeddings (under `plan` when given)."""
+        tokens = self.tokens if tokens is None else tokens
+        with torch.inference_mode():
+            x = self.stack.embedding(tokens)
+            resid = [x, *run_layers(self.stack, x, 0, plan, self.stack.rope(tokens.shape[1]))]
+            return Trace(resid, self.stack.logits(resid[-1]))
+
+    def compile(self, edits: list[Edit]) -> Plan:
+        return compile_plan(self.handle, self.stack, list(edits), self._transcoders)
+
+    def replay(self, edits: list[Edit] | Plan) -> Replayed:
+        """The batch under the edits, recomputing only layers >= the first edited one."""
+        plan = edits if isinstance(edits, Plan) else self.compile(edits)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            first = plan.first_layer
+            x = self.base.resid[first]
+            after = run_layers(self.stack, x, first, plan, self.stack.rope(self.tokens.shape[1]))
+            logits = self.stack.logits(after[-1])
+        seconds = time.perf_counter() - start
+        trace = Trace([*self.base.resid[: first + 1], *after], logits)
+        return Replayed(
+            [] if isinstance(edits, Plan) else list(edits), first, trace, plan.apply_seconds, seconds
+        )
+
+    def generate(self, plan: Plan | None, n_tokens: int, prompt: torch.Tensor | None = None) -> torch.Tensor:
+        """Greedy continuation [B, n_tokens] of the prompt (default: the engine's batch) under the plan.
+
+        Each step recomputes the whole sequence (no key/value cache): fine for short continuations.
+        """
+        tokens = self.tokens if prompt is None else prompt.to(self.tokens.device)
+        new = []
+        for _ in range(n_tokens):
+            logits = self.forward(plan, tokens).logits[:, -1]
+            token = logits.argmax(-1, keepdim=True)
+            new.append(token)
+            tokens = torch.cat([tokens, token], dim=1)
+        return torch.cat(new, dim=1) if new else tokens[:, :0]

@@ -1,0 +1,175 @@
+"""The Python API the widgets build on: a prompt or batch with its cached baseline.
+
+    session = ReplaySession.from_text(handle, "The capital of France is")
+    result = session.apply([{"kind": "skip", "layer": 3, "target": "mlp"}])   # cheap to repeat
+    session.generate(edits, 10)                                               # beside the unedited text
+
+Compiled edit lists are kept (a few, least recently used first out), so moving a slider back and forth
+pays the weight gathering once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import altair as alt
+import pandas as pd
+import torch
+
+from workbench.models import ModelHandle
+from workbench.replay.edits import Edit, parse_edits
+from workbench.replay.effects import effects
+from workbench.replay.engine import ReplayEngine
+from workbench.replay.plan import Plan
+from workbench.results import Provenance, Result, register_result
+
+DEFINITION = (
+    "Replay (PAPERS.md §5): the unedited run is cached (residual stream at every layer boundary); an edit "
+    "list recomputes layers >= its first layer. ce = mean next-token cross-entropy (nats) over the batch; "
+    "kl = mean over positions of KL(base ‖ edited) of the next-token distribution; top1_agreement = share "
+    "of positions whose argmax token is unchanged; resid_deviation[l] = mean over tokens of "
+    "‖r_edited − r_base‖ / ‖r_base‖ for the residual entering layer l (l = n_layers: after the last block)."
+)
+PLAN_CACHE = 16
+
+
+@register_result
+@dataclass
+class ReplayResult(Result):
+    kind = "replay"
+    title = "Edit replay: effect on the model's outputs"
+
+    model: str
+    edits: list[dict]
+    first_layer: int
+    tokens: int
+    ce_base: float
+    ce_edited: float
+    ce_delta: float
+    kl: float
+    top1_agreement: float
+    resid_deviation: list[float]
+    per_token: list[dict]  # {"position", "token", "ce_delta", "kl"} for the first sequence
+    seconds: float
+    apply_seconds: float
+    full_forward_seconds: float
+    provenance: Provenance
+    logit_diff: list[float] | None = None
+    generation: dict | None = None
+
+    def table(self) -> pd.DataFrame:
+        keys = ("ce_base", "ce_edited", "ce_delta", "kl", "top1_agreement", "seconds", "apply_seconds")
+        return pd.DataFrame(
+            [{"model": self.model, "first_layer": self.first_layer} | {k: getattr(self, k) for k in keys}]
+        )
+
+    def charts(self) -> dict[str, alt.Chart]:
+        deviation = pd.DataFrame(
+            {"layer": range(len(self.resid_deviation)), "deviation": self.resid_deviation}
+        )
+        tokens = pd.DataFrame(self.per_token)
+        return {
+            "resid_deviation": alt.Chart(deviation, width=320, height=160)
+            .mark_line(point=True)
+            .encode(x=alt.X("layer:Q", title="layer boundary"), y=alt.Y("deviation:Q", title="‖Δr‖ / ‖r‖"))
+            .properties(title=f"{self.model}: residual deviation under the edit"),
+            "per_token_kl": alt.Chart(tokens, width=480, height=140)
+            .mark_bar()
+            .encode(
+                x=alt.X("position:O", axis=None),
+                y=alt.Y("kl:Q", title="KL(base ‖ edited)"),
+                tooltip=["position", "token", "kl", "ce_delta"],
+            )
+            .properties(title="per token"),
+        }
+
+
+class ReplaySession:
+    """A batch [B, T] (or one prompt) and its cached unedited run; apply / generate under edits."""
+
+    def __init__(self, handle: ModelHandle, tokens: torch.Tensor, data: dict[str, Any] | None = None) -> None:
+        self.handle = handle
+        self.engine = ReplayEngine(handle, tokens if tokens.ndim == 2 else tokens[None])
+        self.data = data or {"tokens": int(self.engine.tokens.numel())}
+        self._plans: OrderedDict[str, Plan] = OrderedDict()
+        self._base_continuations: dict[int, torch.Tensor] = {}
+
+    @classmethod
+    def from_text(cls, handle: ModelHandle, text: str) -> ReplaySession:
+        ids = handle.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return cls(handle, torch.tensor([ids]), {"text": text, "tokens": len(ids)})
+
+    def plan(self, edits: Any) -> tuple[list[Edit], Plan]:
+        """Edits (objects or their JSON) compiled once and cached by their JSON."""
+        parsed = [e for e in edits if isinstance(e, Edit)] if _all_edits(edits) else parse_edits(edits)
+        key = json.dumps([e.to_dict() for e in parsed], sort_keys=True)
+        if key in self._plans:
+            self._plans.move_to_end(key)
+        else:
+            self._plans[key] = self.engine.compile(parsed)
+            if len(self._plans) > PLAN_CACHE:
+                self._plans.popitem(last=False)
+        return parsed, self._plans[key]
+
+    def apply(self, edits: Any, chosen: list[int] | None = None) -> ReplayResult:
+        """The edits' effect on this batch: replays from the first edited layer."""
+        parsed, plan = self.plan(edits)
+        replayed = self.engine.replay(plan)
+        fx = effects(self.engine, replayed, chosen)
+        summary = fx.summary()
+        decode = self.handle.tokenizer.decode
+        first_row = self.engine.tokens[0].tolist()
+        ce_delta = (fx.ce_edited - fx.ce_base)[0].tolist() + [None]
+        per_token = [
+            {"position": i, "token": decode([t]), "ce_delta": ce_delta[i], "kl": float(fx.kl[0, i])}
+            for i, t in enumerate(first_row)
+        ]
+        provenance = Provenance(
+            model=self.handle.facts.to_dict(),
+            data=self.data,
+            definition=DEFINITION,
+            settings={"edits": [e.to_dict() for e in parsed], "chosen": chosen},
+        )
+        return ReplayResult(
+            self.handle.name,
+            [e.to_dict() for e in parsed],
+            plan.first_layer,
+            int(self.engine.tokens.numel()),
+            summary["ce_base"],
+            summary["ce_edited"],
+            summary["ce_delta"],
+            summary["kl"],
+            summary["top1_agreement"],
+            summary["resid_deviation"],
+            per_token,
+            replayed.seconds,
+            plan.apply_seconds,
+            self.engine.full_forward_seconds,
+            provenance,
+            summary.get("logit_diff"),
+        )
+
+    def generate(self, edits: Any, n_tokens: int, row: int = 0) -> dict[str, Any]:
+        """Greedy continuation of sequence `row` under the edits, beside the unedited one."""
+        _, plan = self.plan(edits)
+        prompt = self.engine.tokens[row : row + 1]
+        if n_tokens not in self._base_continuations:
+            self._base_continuations[n_tokens] = self.engine.generate(None, n_tokens, prompt)[0]
+        base = self._base_continuations[n_tokens]
+        edited = self.engine.generate(plan, n_tokens, prompt)[0]
+        decode = self.handle.tokenizer.decode
+        return {
+            "prompt": decode(prompt[0].tolist()),
+            "base": decode(base.tolist()),
+            "edited": decode(edited.tolist()),
+            "base_ids": base.tolist(),
+            "edited_ids": edited.tolist(),
+            "agreement": float((base == edited).float().mean()) if n_tokens else 1.0,
+        }
+
+
+def _all_edits(edits: Any) -> bool:
+    return isinstance(edits, list) and bool(edits) and all(isinstance(e, Edit) for e in edits)
