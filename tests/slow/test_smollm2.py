@@ -81,3 +81,35 @@ def test_moefication_of_the_gated_mlps(smollm2):
         mass = layer["captured_mass"]
         assert abs(mass["8"] - 1) < 1e-4 and abs(layer["captured_output"]["8"] - 1) < 1e-4
         assert 0.25 < mass["2"] < 1 and layer["captured_mass_router"]["2"] <= mass["2"] + 1e-9
+
+
+def test_replay_cli_every_edit_kind(smollm2, tmp_path, capsys):
+    """`workbench replay --json` on SmolLM2 for each dense edit kind (expert masks: tiny-moe, integration)."""
+    from workbench.cli import main
+    from workbench.transcoders.model import Transcoder, TranscoderConfig
+    from workbench.transcoders.train import save_transcoder
+
+    save_transcoder(
+        Transcoder(TranscoderConfig(d_in=576, d_out=576, width=1024, k=16, layer=20)), tmp_path / "tc"
+    )
+    edits = [
+        {"kind": "neuron_mask", "layer": 10, "neurons": list(range(0, 1536, 2))},
+        {"kind": "topk", "layer": 12, "k": 154},
+        {"kind": "threshold", "layer": 14, "tau": 0.05},
+        {"kind": "head_mask", "layer": 8, "heads": [0, 4]},
+        {"kind": "skip", "layer": 3, "target": "attn"},
+        {
+            "kind": "weight_prune",
+            "sparsity": 0.5,
+            "pattern": "2:4",
+            "layers": [16, 17],
+            "matrices": ["mlp_in"],
+        },
+        {"kind": "transcoder", "layer": 20, "path": str(tmp_path / "tc")},
+    ]
+    for edit in edits:
+        argv = ["replay", "--model", "smollm2-135m", "--edit", json.dumps(edit), "--tokens", "256", "--json"]
+        assert main(argv) == 0
+        body = json.loads(capsys.readouterr().out)
+        assert body["first_layer"] == edit.get("layer", 16), edit
+        assert body["kl"] > 0 and 0 <= body["top1_agreement"] <= 1 and body["seconds"] > 0, edit

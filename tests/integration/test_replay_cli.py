@@ -1,0 +1,77 @@
+"""`workbench replay`, `workbench finercut` and `workbench bench replay` end to end on the demo models."""
+
+from __future__ import annotations
+
+import json
+
+from workbench.cli import main
+
+KEYS = {"edit", "first_layer", "ce_delta", "kl", "top1_agreement", "seconds", "full_forward_seconds"}
+
+
+def run_json(capsys, argv) -> dict:
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_expert_mask_on_tiny_moe(tmp_path, capsys):
+    edit = tmp_path / "edit.json"
+    edit.write_text(json.dumps([{"kind": "expert_mask", "layer": 0, "experts": [5, 6]}]))
+    body = run_json(
+        capsys,
+        [
+            "replay",
+            "--model",
+            "tiny-moe",
+            "--edit",
+            str(edit),
+            "--tokens",
+            "256",
+            "--generate",
+            "4",
+            "--json",
+        ],
+    )
+    assert set(body) >= KEYS
+    assert body["edit"] == [{"kind": "expert_mask", "layer": 0, "experts": [5, 6], "mode": "reroute"}]
+    assert body["first_layer"] == 0 and body["ce_delta"] > 0.05 and 0 < body["top1_agreement"] < 1
+    assert body["kl"] > 0 and body["seconds"] > 0 and body["full_forward_seconds"] > 0
+    assert len(body["generation"]["edited_ids"]) == 4
+
+
+def test_replay_run_folder_renders_in_the_report(tmp_path, capsys):
+    out = tmp_path / "run"
+    edit = '{"kind": "skip", "layer": 2, "target": "mlp"}'
+    body = run_json(
+        capsys,
+        ["replay", "--model", "tiny-relu", "--edit", edit, "--tokens", "256", "--out", str(out), "--json"],
+    )
+    assert body["first_layer"] == 2 and body["ce_delta"] > 0
+    assert body["resid_deviation"][2] == 0 and body["resid_deviation"][3] > 0
+    report = tmp_path / "report"
+    assert (
+        main(
+            ["report", "--model", "tiny-relu", "--tokens", "256", "--out", str(report), "--include", str(out)]
+        )
+        == 0
+    )
+    html = (report / "report.html").read_text()
+    assert 'data-chart="resid_deviation"' in html and 'data-chart="per_token_kl"' in html
+
+
+def test_bad_edit_file_is_a_clear_error(tmp_path, capsys):
+    edit = tmp_path / "edit.json"
+    edit.write_text('{"kind": "head_mask", "layer": 9, "heads": [0]}')
+    assert main(["replay", "--model", "tiny-relu", "--edit", str(edit), "--tokens", "128"]) == 2
+    assert "do not exist" in capsys.readouterr().err
+
+
+def test_finercut_curve_on_tiny_relu(tmp_path, capsys):
+    body = run_json(
+        capsys,
+        ["finercut", "--model", "tiny-relu", "--tokens", "512", "--calibration-tokens", "256", "--json"],
+    )
+    steps = body["steps"]
+    assert len(steps) == 4 and [s["removed"] for s in steps] == [1, 2, 3, 4]  # half of 8 sublayers
+    assert len({(s["layer"], s["sublayer"]) for s in steps}) == 4
+    assert steps[-1]["loss"] > body["base_loss"]
