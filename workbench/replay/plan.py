@@ -54,13 +54,14 @@ class Plan:
     apply_seconds: float = 0.0
 
 
-def compile_plan(handle: ModelHandle, stack: Stack, edits: list[Edit], transcoders=None) -> Plan:
-    """Check the edits against the model and build the plan. `transcoders` caches loaded transcoders."""
+def compile_plan(handle: ModelHandle, stack: Stack, edits: list[Edit], cache: dict | None = None) -> Plan:
+    """Check the edits against the model and build the plan. `cache` keeps loaded transcoders and
+    pruning orders between calls (the engine's)."""
     start = time.perf_counter()
     n = stack.n_layers
     for edit in edits:
         edit.check(n)
-    layers = _pruned_layers(handle, stack, [e for e in edits if isinstance(e, WeightPrune)])
+    layers = _pruned_layers(handle, stack, [e for e in edits if isinstance(e, WeightPrune)], cache)
     plan = Plan(first_layer(edits, n), layers)
     by_layer: dict[tuple[int, str], list[Edit]] = {}
     for edit in edits:
@@ -69,7 +70,7 @@ def compile_plan(handle: ModelHandle, stack: Stack, edits: list[Edit], transcode
     for (layer, sublayer), group in sorted(by_layer.items()):
         target = plan.attn if sublayer == "attn" else plan.mlp
         make = _attention if sublayer == "attn" else _mlp
-        target[layer] = make(handle, layers[layer], group, layer, transcoders)
+        target[layer] = make(handle, layers[layer], group, layer, cache)
     plan.apply_seconds = time.perf_counter() - start
     return plan
 
@@ -82,7 +83,7 @@ def _skip_or(group: list[Edit], where: str) -> bool:
     return bool(skips)
 
 
-def _attention(handle, layer: Layer, group: list[Edit], index: int, transcoders) -> Sublayer:
+def _attention(handle, layer: Layer, group: list[Edit], index: int, cache) -> Sublayer:
     if _skip_or(group, f"layer {index}'s attention"):
         return None
     heads = sorted({h for e in group for h in e.heads})
@@ -121,7 +122,7 @@ def head_masked(attn: Attention, kept: list[int]) -> Callable[[torch.Tensor, obj
     return run
 
 
-def _mlp(handle, layer: Layer, group: list[Edit], index: int, transcoders) -> Sublayer:
+def _mlp(handle, layer: Layer, group: list[Edit], index: int, cache) -> Sublayer:
     if _skip_or(group, f"layer {index}'s MLP"):
         return None
     splices = [e for e in group if isinstance(e, TranscoderSplice)]
@@ -130,7 +131,7 @@ def _mlp(handle, layer: Layer, group: list[Edit], index: int, transcoders) -> Su
             raise WorkbenchError(
                 f"layer {index}'s MLP is spliced with a transcoder; other MLP edits conflict"
             )
-        return _transcoder(splices[0], transcoders)
+        return _transcoder(splices[0], cache)
     expert_edits = [e for e in group if isinstance(e, ExpertMaskEdit)]
     if isinstance(layer.mlp, Moe):
         if len(expert_edits) != len(group):
@@ -147,9 +148,10 @@ def _transcoder(edit: TranscoderSplice, cache) -> Sublayer:
     from workbench.transcoders.run import load_any
 
     cache = {} if cache is None else cache
-    if edit.path not in cache:
-        cache[edit.path] = load_any(edit.path).eval()
-    transcoder = cache[edit.path]
+    key = ("transcoder", edit.path)
+    if key not in cache:
+        cache[key] = load_any(edit.path).eval()
+    transcoder = cache[key]
 
     def run(h: torch.Tensor) -> torch.Tensor:
         return transcoder(h.float()).y_hat.to(h.dtype)
@@ -215,27 +217,40 @@ def activation_edited(mlp: MlpParams, group: list[Edit]) -> Sublayer:
     return run
 
 
-def prune_masks(handle: ModelHandle, edit: WeightPrune) -> tuple[list[PrunableMatrix], list[torch.Tensor]]:
-    """The matrices a weight-pruning edit touches and their keep-masks (the sparsity issue's PruningPlan)."""
-    matrices = prunable_matrices(handle)
-    n = handle.facts.n_layers
-    layers = set(edit.layers(n))
-    chosen = [m for m in matrices if m.layer in layers and (edit.matrices is None or m.kind in edit.matrices)]
-    if not chosen:
-        kinds = sorted({m.kind for m in matrices})
-        raise WorkbenchError(f"weight_prune selects no matrices; kinds in this model: {kinds}")
-    plan = PruningPlan.build(chosen, scores(chosen, edit.criterion, seed=edit.seed), edit.pattern)
+def prune_masks(
+    handle: ModelHandle, edit: WeightPrune, cache: dict | None = None
+) -> tuple[list[PrunableMatrix], list[torch.Tensor]]:
+    """The matrices a weight-pruning edit touches and their keep-masks (the sparsity issue's PruningPlan).
+
+    The plan (scores ranked once) is kept in `cache` by everything but the level, so a sparsity slider
+    pays the ranking once and each new level costs one comparison.
+    """
+    key = (edit.pattern, edit.criterion, edit.layer_list, edit.matrices, edit.seed)
+    if cache is None or key not in cache:
+        matrices = prunable_matrices(handle)
+        layers = set(edit.layers(handle.facts.n_layers))
+        chosen = [
+            m for m in matrices if m.layer in layers and (edit.matrices is None or m.kind in edit.matrices)
+        ]
+        if not chosen:
+            kinds = sorted({m.kind for m in matrices})
+            raise WorkbenchError(f"weight_prune selects no matrices; kinds in this model: {kinds}")
+        plan = PruningPlan.build(chosen, scores(chosen, edit.criterion, seed=edit.seed), edit.pattern)
+        if cache is None:
+            return chosen, plan.masks(edit.sparsity)
+        cache[key] = (chosen, plan)
+    chosen, plan = cache[key]
     return chosen, plan.masks(edit.sparsity)
 
 
-def _pruned_layers(handle, stack: Stack, edits: list[WeightPrune]) -> list[Layer]:
+def _pruned_layers(handle, stack: Stack, edits: list[WeightPrune], cache: dict | None) -> list[Layer]:
     """The stack's layers, those touched by weight pruning rebuilt from masked copies of their weights."""
     if not edits:
         return stack.layers
     overrides: dict[str, torch.Tensor] = {}
     touched: set[int] = set()
     for edit in edits:
-        for matrix, keep in zip(*prune_masks(handle, edit), strict=True):
+        for matrix, keep in zip(*prune_masks(handle, edit, cache), strict=True):
             name = matrix.name.split("[")[0]
             current = overrides.get(name, stack.params[name])
             masked = current.clone() if name not in overrides else current
