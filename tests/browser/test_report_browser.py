@@ -82,7 +82,10 @@ def test_analysis_sections_draw_offline(browser, checkpoints, tmp_path):
 
     small = ["--tokens", "256", "--context", "32"]
     dense, moe = ["--model", str(checkpoints["gpt2"])], ["--model", str(checkpoints["mixtral"])]
-    runs = {name: tmp_path / name for name in ("experts", "moefy", "train", "eval", "circuit")}
+    runs = {
+        name: tmp_path / name
+        for name in ("experts", "moefy", "train", "eval", "circuit", "replay", "finercut")
+    }
     assert (
         main(["experts", *moe, *small, "--mask", "reroute", "--baseline", "--out", str(runs["experts"])]) == 0
     )
@@ -109,6 +112,10 @@ def test_analysis_sections_draw_offline(browser, checkpoints, tmp_path):
         )
         == 0
     )
+    edit = '[{"kind": "head_mask", "layer": 1, "heads": [0]}, {"kind": "topk", "layer": 0, "k": 8}]'
+    assert main(["replay", *dense, *small, "--edit", edit, "--out", str(runs["replay"])]) == 0
+    cut = ["--calibration-tokens", "64", "--max-share", "0.5"]
+    assert main(["finercut", *dense, *small, *cut, "--out", str(runs["finercut"])]) == 0
     handle = load_model(str(checkpoints["gpt2"]), progress=False)
     traced = attribute(handle, torch.arange(20, 36), {1: load_any(runs["train"])}, Target("logit", 10, 5))
     with RunFolder.create(runs["circuit"], "circuit", "test") as run:
@@ -117,4 +124,5 @@ def test_analysis_sections_draw_offline(browser, checkpoints, tmp_path):
     included = [str(path) for path in runs.values()]
     assert main(["report", *dense, *small, "--out", str(out), "--include", *included]) == 0
     # 5 evaluation + experts 3 + masking 1 + moefy 1 + training 1 + eval 2 + features 2 + circuit 1
-    assert_every_chart_draws(browser, out / "report.html", 16)
+    # + replay 2 + finercut 1
+    assert_every_chart_draws(browser, out / "report.html", 19)
