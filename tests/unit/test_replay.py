@@ -225,3 +225,17 @@ def test_session_apply_is_cached_and_generates(handles):
     assert first.to_dict()["kind"] == "replay" and set(first.charts()) == {"resid_deviation", "per_token_kl"}
     out = session.generate(edits, 3)
     assert len(out["base_ids"]) == 3 and len(out["edited_ids"]) == 3
+
+
+def test_batches_merge_to_the_whole(handles):
+    from workbench.replay.session import merged
+
+    handle = handles["llama"]
+    tokens = tokens_for(handle, batch=4)
+    edits = [TopK(0, 6), HeadMask(1, (2,))]
+    whole = ReplaySession(handle, tokens).apply(edits, chosen=[3])
+    parts = merged([ReplaySession(handle, half).apply(edits, chosen=[3]) for half in tokens.split(2)])
+    for name in ("ce_base", "ce_edited", "ce_delta", "kl", "top1_agreement"):
+        assert getattr(parts, name) == pytest.approx(getattr(whole, name), abs=1e-5), name
+    assert parts.resid_deviation == pytest.approx(whole.resid_deviation, abs=1e-5)
+    assert parts.logit_diff == pytest.approx(whole.logit_diff, abs=1e-5) and parts.tokens == whole.tokens

@@ -13,14 +13,21 @@ REPLAY_TOKENS = 512  # a few windows: the cached run keeps log-probabilities [to
 
 
 def cmd_replay(args: argparse.Namespace) -> dict:
+    from tqdm import tqdm
+
     from workbench.replay.edits import load_edits
-    from workbench.replay.session import ReplaySession
+    from workbench.replay.session import ReplaySession, merged
 
     edits = load_edits(args.edit)
+    chosen = None
     with optional_run(args, "replay") as run:
         handle, windows = load_inputs(args)
-        session = ReplaySession(handle, windows.tokens, windows.slice_info)
-        result = session.apply(edits)
+        if args.logit_tokens:
+            chosen = [_token_id(handle, text) for text in args.logit_tokens]
+        results = []  # one batch of windows at a time: memory does not grow with --tokens
+        for batch in tqdm(windows.tokens.split(args.batch_size), desc="replay", disable=args.json):
+            results.append(ReplaySession(handle, batch, windows.slice_info).apply(edits, chosen))
+        result = merged(results)
         if args.generate:
             prompt = (
                 torch.tensor([handle.tokenizer(args.prompt, add_special_tokens=False)["input_ids"]])
@@ -52,7 +59,18 @@ def cmd_replay(args: argparse.Namespace) -> dict:
     }
     if result.generation:
         body["generation"] = result.generation
+    if chosen:
+        body["logit_diff"] = dict(zip(args.logit_tokens, result.logit_diff, strict=True))
     return body
+
+
+def _token_id(handle, text: str) -> int:
+    from workbench.errors import WorkbenchError
+
+    ids = handle.tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise WorkbenchError(f"--logit-tokens: {text!r} is {len(ids)} tokens ({ids}); give single tokens")
+    return ids[0]
 
 
 def replay_flags(parser: argparse.ArgumentParser) -> None:
@@ -61,6 +79,12 @@ def replay_flags(parser: argparse.ArgumentParser) -> None:
         "--edit",
         required=True,
         help="a JSON file of edits (one object, a list, or {'edits': [...]}), or the JSON itself",
+    )
+    parser.add_argument(
+        "--logit-tokens",
+        nargs="+",
+        metavar="TOKEN",
+        help="also report the mean logit change of these tokens (each must be one token, e.g. ' Paris')",
     )
     parser.add_argument("--generate", type=positive_int, help="also continue a prompt greedily N tokens")
     parser.add_argument("--prompt", help="with --generate: the prompt (default: the first window's start)")

@@ -10,6 +10,7 @@ pays the weight gathering once.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -169,6 +170,47 @@ class ReplaySession:
             "edited_ids": edited.tolist(),
             "agreement": float((base == edited).float().mean()) if n_tokens else 1.0,
         }
+
+
+def merged(results: list[ReplayResult]) -> ReplayResult:
+    """Results of the same edits on consecutive batches, as one (means weighted by token counts).
+
+    The CLI replays long inputs batch by batch so that memory does not grow with the number of tokens.
+    """
+    if len(results) == 1:
+        return results[0]
+    first = results[0]
+    weights = [r.tokens for r in results]
+    total = sum(weights)
+
+    def mean(name: str) -> float:
+        return sum(getattr(r, name) * w for r, w in zip(results, weights, strict=True)) / total
+
+    deviation = [
+        sum(r.resid_deviation[i] * w for r, w in zip(results, weights, strict=True)) / total
+        for i in range(len(first.resid_deviation))
+    ]
+    logit_diff = None
+    if first.logit_diff is not None:
+        logit_diff = [
+            sum(r.logit_diff[i] * w for r, w in zip(results, weights, strict=True)) / total
+            for i in range(len(first.logit_diff))
+        ]
+    ce_base, ce_edited = mean("ce_base"), mean("ce_edited")
+    return dataclasses.replace(
+        first,
+        tokens=total,
+        ce_base=ce_base,
+        ce_edited=ce_edited,
+        ce_delta=ce_edited - ce_base,
+        kl=mean("kl"),
+        top1_agreement=mean("top1_agreement"),
+        resid_deviation=deviation,
+        logit_diff=logit_diff,
+        seconds=sum(r.seconds for r in results),
+        apply_seconds=sum(r.apply_seconds for r in results),
+        full_forward_seconds=sum(r.full_forward_seconds for r in results),
+    )
 
 
 def _all_edits(edits: Any) -> bool:
