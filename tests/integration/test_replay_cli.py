@@ -75,3 +75,22 @@ def test_finercut_curve_on_tiny_relu(tmp_path, capsys):
     assert len(steps) == 4 and [s["removed"] for s in steps] == [1, 2, 3, 4]  # half of 8 sublayers
     assert len({(s["layer"], s["sublayer"]) for s in steps}) == 4
     assert steps[-1]["loss"] > body["base_loss"]
+
+
+def test_bench_replay_prints_every_part(capsys):
+    body = run_json(
+        capsys, ["bench", "replay", "--model", "tiny-relu", "--tokens", "256", "--batch-size", "2", "--json"]
+    )
+    assert [row["layer"] for row in body["prefix"]] == [1, 2, 3]  # n/4, n/2, 3n/4 of 4 layers
+    assert all(0 < row["ideal"] < 1.5 and row["ratio"] > 0 for row in body["prefix"])
+    rows = body["sparse_mlp"]
+    assert {(r["shape"], r["skip"], r["tokens"], r["sets"]) for r in rows} == {
+        (shape, skip, tokens, sets)
+        for shape in ("smollm2", "relu-2048")
+        for skip in (0.9, 0.97)
+        for tokens in (1, 16, 256)
+        for sets in ("shared", "per_token")
+    }
+    assert all(r["limit"] == 1 / (1 - r["skip"]) and r["speedup"] > 0 for r in rows)
+    assert sum("meets_target" in r for r in rows) == 5  # 2 shapes × 2 levels shared, 1 per-token decode
+    assert "skipped" in body["triton"] or body["triton"]["rows"]
