@@ -24,9 +24,11 @@ def cmd_replay(args: argparse.Namespace) -> dict:
         handle, windows = load_inputs(args)
         if args.logit_tokens:
             chosen = [_token_id(handle, text) for text in args.logit_tokens]
-        results = []  # one batch of windows at a time: memory does not grow with --tokens
+        results, first = [], None  # one batch of windows at a time: memory does not grow with --tokens
         for batch in tqdm(windows.tokens.split(args.batch_size), desc="replay", disable=args.json):
-            results.append(ReplaySession(handle, batch, windows.slice_info).apply(edits, chosen))
+            session = ReplaySession(handle, batch, windows.slice_info, engine_of=first)
+            first = first or session
+            results.append(session.apply(edits, chosen))
         result = merged(results)
         if args.generate:
             prompt = (

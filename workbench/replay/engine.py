@@ -58,11 +58,13 @@ def run_layers(stack: Stack, x: torch.Tensor, start: int, plan: Plan | None, rop
 class ReplayEngine:
     """Holds one batch [B, T] (no padding) with its unedited trace; `replay(edits)` recomputes from L."""
 
-    def __init__(self, handle: ModelHandle, tokens: torch.Tensor, stack: Stack | None = None) -> None:
+    def __init__(
+        self, handle: ModelHandle, tokens: torch.Tensor, stack: Stack | None = None, cache: dict | None = None
+    ) -> None:
         self.handle = handle
         self.stack = stack if stack is not None else Stack.of(handle)
         self.tokens = tokens.to(handle.device)
-        self._cache: dict = {}  # loaded transcoders, pruning orders
+        self._cache = {} if cache is None else cache  # loaded transcoders, pruning orders (shareable)
         self.base = self.forward()
         self.base_logprobs = torch.log_softmax(self.base.logits.float(), dim=-1)
 

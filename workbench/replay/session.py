@@ -91,9 +91,16 @@ class ReplayResult(Result):
 class ReplaySession:
     """A batch [B, T] (or one prompt) and its cached unedited run; apply / generate under edits."""
 
-    def __init__(self, handle: ModelHandle, tokens: torch.Tensor, data: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, handle: ModelHandle, tokens: torch.Tensor, data: dict[str, Any] | None = None, engine_of=None
+    ) -> None:
+        """`engine_of` (another session) shares its model tensors and caches: batches of one long input."""
         self.handle = handle
-        self.engine = ReplayEngine(handle, tokens if tokens.ndim == 2 else tokens[None])
+        tokens = tokens if tokens.ndim == 2 else tokens[None]
+        shared = (
+            {} if engine_of is None else {"stack": engine_of.engine.stack, "cache": engine_of.engine._cache}
+        )
+        self.engine = ReplayEngine(handle, tokens, **shared)
         self.data = data or {"tokens": int(self.engine.tokens.numel())}
         self._plans: OrderedDict[str, Plan] = OrderedDict()
         self._base_continuations: dict[int, torch.Tensor] = {}
