@@ -239,3 +239,30 @@ def test_batches_merge_to_the_whole(handles):
         assert getattr(parts, name) == pytest.approx(getattr(whole, name), abs=1e-5), name
     assert parts.resid_deviation == pytest.approx(whole.resid_deviation, abs=1e-5)
     assert parts.logit_diff == pytest.approx(whole.logit_diff, abs=1e-5) and parts.tokens == whole.tokens
+
+
+@pytest.mark.parametrize(
+    "kind, edits",
+    [
+        ("llama", [HeadMask(1, (0, 3)), TopK(0, 5), NeuronMask(1, (2,))]),
+        ("gpt2", [HeadMask(0, (1,)), TopK(1, 9)]),
+        ("mixtral", [ExpertMaskEdit(0, (1,), "reroute"), ExpertMaskEdit(1, (2,), "drop"), HeadMask(1, (2,))]),
+    ],
+)
+def test_replay_through_the_triton_kernels(handles, kind, edits):
+    """The engine with Triton forced (run by the interpreter on CPU) still equals the hooked model."""
+    pytest.importorskip("triton")
+    import os
+
+    from workbench.replay.stack import Stack
+
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("Triton on CPU needs TRITON_INTERPRET=1 before triton is imported")
+    handle = handles[kind]
+    tokens = tokens_for(handle)
+    engine = ReplayEngine(handle, tokens, stack=Stack.of(handle, backend="triton"))
+    with torch.inference_mode():
+        torch.testing.assert_close(engine.base.logits, handle.logits(tokens).float(), atol=ATOL, rtol=1e-4)
+    torch.testing.assert_close(
+        engine.replay(edits).trace.logits, hooked_logits(handle, tokens, edits), atol=ATOL, rtol=1e-4
+    )

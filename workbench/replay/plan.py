@@ -70,7 +70,7 @@ def compile_plan(handle: ModelHandle, stack: Stack, edits: list[Edit], cache: di
     for (layer, sublayer), group in sorted(by_layer.items()):
         target = plan.attn if sublayer == "attn" else plan.mlp
         make = _attention if sublayer == "attn" else _mlp
-        target[layer] = make(handle, layers[layer], group, layer, cache)
+        target[layer] = make(handle, layers[layer], group, layer, cache, stack.backend)
     plan.apply_seconds = time.perf_counter() - start
     return plan
 
@@ -83,17 +83,19 @@ def _skip_or(group: list[Edit], where: str) -> bool:
     return bool(skips)
 
 
-def _attention(handle, layer: Layer, group: list[Edit], index: int, cache) -> Sublayer:
+def _attention(handle, layer: Layer, group: list[Edit], index: int, cache, backend) -> Sublayer:
     if _skip_or(group, f"layer {index}'s attention"):
         return None
     heads = sorted({h for e in group for h in e.heads})
     bad = [h for h in heads if not 0 <= h < layer.attn.n_heads]
     if bad:
         raise WorkbenchError(f"head_mask: layer {index} has heads 0..{layer.attn.n_heads - 1}, not {bad}")
-    return head_masked(layer.attn, [h for h in range(layer.attn.n_heads) if h not in heads])
+    return head_masked(layer.attn, [h for h in range(layer.attn.n_heads) if h not in heads], backend)
 
 
-def head_masked(attn: Attention, kept: list[int]) -> Callable[[torch.Tensor, object], torch.Tensor]:
+def head_masked(
+    attn: Attention, kept: list[int], backend: str | None = None
+) -> Callable[[torch.Tensor, object], torch.Tensor]:
     """Attention computing only the kept heads: their q rows, the kv heads they read, their w_o columns."""
     dh, group = attn.d_head, attn.n_heads // attn.n_kv
     kv_heads = sorted({h // group for h in kept})
@@ -116,13 +118,13 @@ def head_masked(attn: Attention, kept: list[int]) -> Callable[[torch.Tensor, obj
             out = torch.zeros(*x.shape[:-1], attn.w_o.shape[0], dtype=x.dtype, device=x.device)
             return out if attn.b_o is None else out + attn.b_o
         q, k, v = small.project(x, rope)
-        z = head_masked_attention(q, k, v, kv_of_head.to(x.device), attn.scale)
+        z = head_masked_attention(q, k, v, kv_of_head.to(x.device), attn.scale, backend=backend)
         return small.output(z)
 
     return run
 
 
-def _mlp(handle, layer: Layer, group: list[Edit], index: int, cache) -> Sublayer:
+def _mlp(handle, layer: Layer, group: list[Edit], index: int, cache, backend) -> Sublayer:
     if _skip_or(group, f"layer {index}'s MLP"):
         return None
     splices = [e for e in group if isinstance(e, TranscoderSplice)]
@@ -141,7 +143,7 @@ def _mlp(handle, layer: Layer, group: list[Edit], index: int, cache) -> Sublayer
         return _experts_masked(handle, layer.mlp, expert_edits, index)
     if expert_edits:
         raise WorkbenchError(f"expert_mask: layer {index} of {handle.name} is not a mixture-of-experts layer")
-    return activation_edited(layer.mlp, group)
+    return activation_edited(layer.mlp, group, backend)
 
 
 def _transcoder(edit: TranscoderSplice, cache) -> Sublayer:
@@ -181,7 +183,7 @@ def _experts_masked(handle, moe: Moe, edits: list[ExpertMaskEdit], index: int) -
     return run
 
 
-def activation_edited(mlp: MlpParams, group: list[Edit]) -> Sublayer:
+def activation_edited(mlp: MlpParams, group: list[Edit], backend: str | None = None) -> Sublayer:
     """A dense MLP under neuron masks (static, gathered once), then top-k / threshold per token."""
     d_mlp = mlp.w_out.shape[0]
     masked = sorted({i for e in group if isinstance(e, NeuronMask) for i in e.neurons})
@@ -209,7 +211,7 @@ def activation_edited(mlp: MlpParams, group: list[Edit]) -> Sublayer:
                 idx = a.abs().topk(k, dim=-1).indices
                 a = torch.zeros_like(a).scatter_(1, idx, a.gather(1, idx))
         if idx is not None and idx.shape[1] * 2 <= kept:  # sparse down-projection of the kept entries
-            y = down_project_per_token(a.gather(1, idx), idx, mlp)
+            y = down_project_per_token(a.gather(1, idx), idx, mlp, backend=backend)
         else:
             y = a @ mlp.w_out + (0 if mlp.b_out is None else mlp.b_out)
         return y.view_as(h)
@@ -258,4 +260,4 @@ def _pruned_layers(handle, stack: Stack, edits: list[WeightPrune], cache: dict |
             overrides[name] = masked
             touched.add(matrix.layer)
     params = {**stack.params, **overrides}
-    return [stack.build_layer(i, params) if i in touched else layer for i, layer in enumerate(stack.layers)]
+    return [stack.layer_from(i, params) if i in touched else layer for i, layer in enumerate(stack.layers)]

@@ -108,6 +108,7 @@ class Moe:
     renormalise: bool
     shared: MlpParams | None = None  # Qwen2-MoE's shared expert
     shared_gate: torch.Tensor | None = None  # [1, d]
+    backend: str | None = None  # kernel backend: None (automatic), "torch" or "triton"
 
     def route(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(logits [T, E], top-k weights [T, k], top-k experts [T, k]) by the router's own rule."""
@@ -119,7 +120,7 @@ class Moe:
 
     def experts(self, h: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
         """Routed experts plus the shared expert, for h [T, d]."""
-        y = moe_dispatch(h, experts, weights, self.gate_up, self.down, self.act)
+        y = moe_dispatch(h, experts, weights, self.gate_up, self.down, self.act, backend=self.backend)
         if self.shared is not None:
             y = y + torch.sigmoid(F.linear(h, self.shared_gate)) * mlp_dense(h, self.shared)
         return y
@@ -159,9 +160,12 @@ class Stack:
     rope_fn: Callable[[int], tuple[torch.Tensor, torch.Tensor]] | None
     build_layer: Callable[[int, dict[str, torch.Tensor]], Layer]
     params: dict[str, torch.Tensor]  # HF name -> tensor (the weights as released, not copied)
+    backend: str | None = None  # kernels: None picks Triton on CUDA, torch elsewhere; or force one
 
     @classmethod
-    def of(cls, handle: ModelHandle) -> Stack:
+    def of(cls, handle: ModelHandle, backend: str | None = None) -> Stack:
+        """The handle's model as tensors. `backend="triton"` forces the Triton kernels (tests run them on
+        the CPU under TRITON_INTERPRET=1); `"torch"` keeps them off."""
         hf = handle.model.original_model
         config = hf.config
         kind = config.model_type
@@ -183,18 +187,18 @@ class Stack:
             norm = Norm(params["model.norm.weight"], None, config.rms_norm_eps, True)
             rope_fn = _rope_fn(hf, embed.dtype)
         unembed = params.get("lm_head.weight", embed)
-        return cls(
-            kind,
-            embed,
-            pos,
-            [build(i, params) for i in range(n)],
-            norm,
-            unembed,
-            params.get("lm_head.bias"),
-            rope_fn,
-            build,
-            params,
+        stack = cls(
+            kind, embed, pos, [], norm, unembed, params.get("lm_head.bias"), rope_fn, build, params, backend
         )
+        stack.layers = [stack.layer_from(i, params) for i in range(n)]
+        return stack
+
+    def layer_from(self, i: int, params: dict[str, torch.Tensor]) -> Layer:
+        """Layer i built from named parameters (the released ones, or masked copies for weight edits)."""
+        layer = self.build_layer(i, params)
+        if isinstance(layer.mlp, Moe):
+            layer.mlp.backend = self.backend
+        return layer
 
     @property
     def n_layers(self) -> int:
