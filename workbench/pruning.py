@@ -169,7 +169,7 @@ def _check_level(sparsity: float) -> None:
         raise WorkbenchError(f"sparsity must lie in [0, 1], got {sparsity}")
 
 
-def _parse_nm(pattern: str) -> tuple[int, int] | None:
+def parse_nm(pattern: str) -> tuple[int, int] | None:
     match = re.fullmatch(r"(\d+):(\d+)", pattern)
     if match is None:
         return None
@@ -246,7 +246,7 @@ class PruningPlan:
             plan = cls(pattern, shapes, ranks)
             plan._in_dims = [m.in_dim for m in matrices]
             return plan
-        nm = _parse_nm(pattern)
+        nm = parse_nm(pattern)
         if nm is None:
             raise WorkbenchError(
                 f"unknown pruning pattern {pattern!r}; use 'global', 'layerwise', 'rowwise' or 'N:M'"

@@ -247,6 +247,12 @@ def test_batches_merge_to_the_whole(handles):
         ("llama", [HeadMask(1, (0, 3)), TopK(0, 5), NeuronMask(1, (2,))]),
         ("gpt2", [HeadMask(0, (1,)), TopK(1, 9)]),
         ("mixtral", [ExpertMaskEdit(0, (1,), "reroute"), ExpertMaskEdit(1, (2,), "drop"), HeadMask(1, (2,))]),
+        (
+            "gpt2",
+            [WeightPrune(0.5, "2:4"), WeightPrune(0.3, "layerwise", layer_list=(1,), matrices=("attn_o",))],
+        ),
+        ("llama", [WeightPrune(0.5, "2:4", layer_list=(0,)), WeightPrune(0.4, "rowwise", layer_list=(1,))]),
+        ("llama", [WeightPrune(0.5, "2:4"), HeadMask(1, (1,)), TopK(0, 5)]),
     ],
 )
 def test_replay_through_the_triton_kernels(handles, kind, edits):
@@ -266,3 +272,26 @@ def test_replay_through_the_triton_kernels(handles, kind, edits):
     torch.testing.assert_close(
         engine.replay(edits).trace.logits, hooked_logits(handle, tokens, edits), atol=ATOL, rtol=1e-4
     )
+
+
+def test_pruned_projections_run_through_the_masked_matmul_kernels(handles, monkeypatch):
+    """2:4 edits use the N:M kernel, other patterns (and a matrix pruned twice) the block-masked one."""
+    import workbench.kernels.masked_matmul as mm
+
+    calls = {"nm": 0, "block": 0}
+    real_nm, real_block = mm.nm_matmul, mm.block_masked_matmul
+
+    def nm(*args, **kwargs):
+        calls["nm"] += 1
+        return real_nm(*args, **kwargs)
+
+    def block(*args, **kwargs):
+        calls["block"] += 1
+        return real_block(*args, **kwargs)
+
+    monkeypatch.setattr("workbench.replay.pruned.nm_matmul", nm)
+    monkeypatch.setattr("workbench.replay.pruned.block_masked_matmul", block)
+    handle = handles["llama"]
+    edits = [WeightPrune(0.5, "2:4", layer_list=(0,)), WeightPrune(0.3, "layerwise", layer_list=(1,))]
+    assert_replay_matches(handle, edits)
+    assert calls["nm"] == 7 and calls["block"] == 7  # q, k, v, o, gate, up, down in each layer

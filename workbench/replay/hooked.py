@@ -62,7 +62,7 @@ def _skip_hook(edit: SublayerSkip):
 @contextlib.contextmanager
 def edits_applied(handle: ModelHandle, edits: list[Edit]) -> Iterator[None]:
     """Every forward of `handle.model` inside the block runs with the edits applied."""
-    from workbench.replay.plan import prune_masks
+    from workbench.replay.pruned import prune_masks
     from workbench.transcoders.run import load_any
     from workbench.transcoders.splice import mlp_replaced, transcoder_replacement
 

@@ -26,7 +26,6 @@ from workbench.kernels.sparse_mlp import (
     mlp_dense,
 )
 from workbench.models import ModelHandle
-from workbench.pruning import PrunableMatrix, PruningPlan, prunable_matrices, scores
 from workbench.replay.edits import (
     Edit,
     ExpertMaskEdit,
@@ -38,6 +37,7 @@ from workbench.replay.edits import (
     WeightPrune,
     first_layer,
 )
+from workbench.replay.pruned import pruned_layers
 from workbench.replay.stack import Attention, Layer, Moe, Stack
 
 Sublayer = Callable[..., torch.Tensor] | None  # None: the sublayer is removed
@@ -61,8 +61,10 @@ def compile_plan(handle: ModelHandle, stack: Stack, edits: list[Edit], cache: di
     n = stack.n_layers
     for edit in edits:
         edit.check(n)
-    layers = _pruned_layers(handle, stack, [e for e in edits if isinstance(e, WeightPrune)], cache)
-    plan = Plan(first_layer(edits, n), layers)
+    layers, pruned_mlps = pruned_layers(
+        handle, stack, [e for e in edits if isinstance(e, WeightPrune)], cache
+    )
+    plan = Plan(first_layer(edits, n), layers, mlp=pruned_mlps)  # other MLP edits below replace these
     by_layer: dict[tuple[int, str], list[Edit]] = {}
     for edit in edits:
         if not isinstance(edit, WeightPrune):
@@ -109,9 +111,9 @@ def head_masked(
     w_q, b_q = pick(attn.w_q, attn.b_q, q_rows)
     w_k, b_k = pick(attn.w_k, attn.b_k, kv_rows)
     w_v, b_v = pick(attn.w_v, attn.b_v, kv_rows)
-    small = replace(
-        attn, w_q=w_q, b_q=b_q, w_k=w_k, b_k=b_k, w_v=w_v, b_v=b_v, w_o=attn.w_o[:, q_rows].contiguous()
-    )
+    w_o = attn.w_o[:, q_rows].contiguous()
+    # linears=None: pruned full-size projections do not apply to the gathered heads (their rows are masked)
+    small = replace(attn, w_q=w_q, b_q=b_q, w_k=w_k, b_k=b_k, w_v=w_v, b_v=b_v, w_o=w_o, linears=None)
 
     def run(x: torch.Tensor, rope) -> torch.Tensor:
         if not kept:  # every head masked: only the output bias is left
@@ -217,47 +219,3 @@ def activation_edited(mlp: MlpParams, group: list[Edit], backend: str | None = N
         return y.view_as(h)
 
     return run
-
-
-def prune_masks(
-    handle: ModelHandle, edit: WeightPrune, cache: dict | None = None
-) -> tuple[list[PrunableMatrix], list[torch.Tensor]]:
-    """The matrices a weight-pruning edit touches and their keep-masks (the sparsity issue's PruningPlan).
-
-    The plan (scores ranked once) is kept in `cache` by everything but the level, so a sparsity slider
-    pays the ranking once and each new level costs one comparison.
-    """
-    key = (edit.pattern, edit.criterion, edit.layer_list, edit.matrices, edit.seed)
-    if cache is None or key not in cache:
-        matrices = prunable_matrices(handle)
-        layers = set(edit.layers(handle.facts.n_layers))
-        chosen = [
-            m for m in matrices if m.layer in layers and (edit.matrices is None or m.kind in edit.matrices)
-        ]
-        if not chosen:
-            kinds = sorted({m.kind for m in matrices})
-            raise WorkbenchError(f"weight_prune selects no matrices; kinds in this model: {kinds}")
-        plan = PruningPlan.build(chosen, scores(chosen, edit.criterion, seed=edit.seed), edit.pattern)
-        if cache is None:
-            return chosen, plan.masks(edit.sparsity)
-        cache[key] = (chosen, plan)
-    chosen, plan = cache[key]
-    return chosen, plan.masks(edit.sparsity)
-
-
-def _pruned_layers(handle, stack: Stack, edits: list[WeightPrune], cache: dict | None) -> list[Layer]:
-    """The stack's layers, those touched by weight pruning rebuilt from masked copies of their weights."""
-    if not edits:
-        return stack.layers
-    overrides: dict[str, torch.Tensor] = {}
-    touched: set[int] = set()
-    for edit in edits:
-        for matrix, keep in zip(*prune_masks(handle, edit, cache), strict=True):
-            name = matrix.name.split("[")[0]
-            current = overrides.get(name, stack.params[name])
-            masked = current.clone() if name not in overrides else current
-            masked[matrix.index].masked_fill_(~keep, 0.0)
-            overrides[name] = masked
-            touched.add(matrix.layer)
-    params = {**stack.params, **overrides}
-    return [stack.layer_from(i, params) if i in touched else layer for i, layer in enumerate(stack.layers)]

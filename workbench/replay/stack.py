@@ -68,17 +68,23 @@ class Attention:
     d_head: int
     scale: float
     rotary: bool
+    # Pruned projections by name (q, k, v, o) -> callable(x, bias), run through the masked-matmul kernels
+    linears: dict[str, Callable] | None = None
+
+    def linear(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        w, bias = getattr(self, f"w_{name}"), getattr(self, f"b_{name}")
+        if self.linears is not None and name in self.linears:
+            return self.linears[name](x, bias)
+        return F.linear(x, w, bias)
 
     def project(self, x: torch.Tensor, rope) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q [B, H, T, dh], k, v [B, KV, T, dh], rotated when the model uses rotary embeddings."""
         b, t, _ = x.shape
 
-        def heads(w, bias, n):
-            return F.linear(x, w, bias).view(b, t, n, self.d_head).transpose(1, 2)
+        def heads(name: str):
+            return self.linear(name, x).view(b, t, -1, self.d_head).transpose(1, 2)
 
-        q = heads(self.w_q, self.b_q, self.w_q.shape[0] // self.d_head)
-        k = heads(self.w_k, self.b_k, self.w_k.shape[0] // self.d_head)
-        v = heads(self.w_v, self.b_v, self.w_v.shape[0] // self.d_head)
+        q, k, v = heads("q"), heads("k"), heads("v")
         if self.rotary:
             q, k = rotate(q, rope), rotate(k, rope)
         return q, k, v
@@ -86,7 +92,7 @@ class Attention:
     def output(self, z: torch.Tensor) -> torch.Tensor:
         """z [B, H, T, dh] -> [B, T, d] through w_o."""
         b, h, t, dh = z.shape
-        return F.linear(z.transpose(1, 2).reshape(b, t, h * dh), self.w_o, self.b_o)
+        return self.linear("o", z.transpose(1, 2).reshape(b, t, h * dh))
 
     def __call__(self, x: torch.Tensor, rope) -> torch.Tensor:
         q, k, v = self.project(x, rope)
