@@ -60,7 +60,9 @@ def masked_linear(w: torch.Tensor, nm: tuple[int, int] | None, backend: str | No
     """w [out, in] already masked (zeros where pruned), N:M-compressed when `nm` allows it."""
     keep = w != 0
     if nm is not None and nm[1] & (nm[1] - 1) == 0:
-        return MaskedLinear(nm_compress(w, keep, *nm), backend)
+        compressed = nm_compress(w, keep, *nm)
+        compressed._dense = w  # the masked copy is its decompressed form: the CPU path reuses it
+        return MaskedLinear(compressed, backend)
     return MaskedLinear(BlockMaskedWeight.from_mask(w, keep), backend)
 
 
