@@ -94,3 +94,15 @@ def test_bench_replay_prints_every_part(capsys):
     assert all(r["limit"] == 1 / (1 - r["skip"]) and r["speedup"] > 0 for r in rows)
     assert sum("meets_target" in r for r in rows) == 5  # 2 shapes × 2 levels shared, 1 per-token decode
     assert "skipped" in body["triton"] or body["triton"]["rows"]
+
+
+def test_kernel_choice(capsys, monkeypatch):
+    edit = '[{"kind": "head_mask", "layer": 1, "heads": [0, 2]}, {"kind": "topk", "layer": 2, "k": 32}]'
+    argv = ["replay", "--model", "tiny-relu", "--edit", edit, "--tokens", "64", "--context", "32", "--json"]
+    torch_body = run_json(capsys, [*argv, "--kernels", "torch"])
+    triton_body = run_json(capsys, [*argv, "--kernels", "triton"])  # the interpreter, under pytest
+    assert triton_body["kernels"] == "triton" and torch_body["kernels"] == "torch"
+    assert abs(triton_body["kl"] - torch_body["kl"]) < 1e-4
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert main([*argv, "--kernels", "triton"]) == 2
+    assert "TRITON_INTERPRET=1" in capsys.readouterr().err

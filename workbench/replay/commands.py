@@ -19,14 +19,16 @@ def cmd_replay(args: argparse.Namespace) -> dict:
     from workbench.replay.session import ReplaySession, merged
 
     edits = load_edits(args.edit)
+    backend = None if args.kernels == "auto" else args.kernels
     chosen = None
     with optional_run(args, "replay") as run:
         handle, windows = load_inputs(args)
+        _check_kernels(handle, backend)
         if args.logit_tokens:
             chosen = [_token_id(handle, text) for text in args.logit_tokens]
         results, first = [], None  # one batch of windows at a time: memory does not grow with --tokens
         for batch in tqdm(windows.tokens.split(args.batch_size), desc="replay", disable=args.json):
-            session = ReplaySession(handle, batch, windows.slice_info, engine_of=first)
+            session = ReplaySession(handle, batch, windows.slice_info, engine_of=first, backend=backend)
             first = first or session
             results.append(session.apply(edits, chosen))
         result = merged(results)
@@ -37,7 +39,7 @@ def cmd_replay(args: argparse.Namespace) -> dict:
                 else windows.tokens[:1, : args.prompt_tokens]
             )
             start = time.perf_counter()
-            result.generation = ReplaySession(handle, prompt).generate(edits, args.generate)
+            result.generation = ReplaySession(handle, prompt, engine_of=first).generate(edits, args.generate)
             result.generation["seconds"] = round(time.perf_counter() - start, 4)
         record(args, run, [result])
     if not args.json:
@@ -58,12 +60,24 @@ def cmd_replay(args: argparse.Namespace) -> dict:
         "tokens": result.tokens,
         "model": result.model,
         "resid_deviation": result.resid_deviation,
+        "kernels": args.kernels,
     }
     if result.generation:
         body["generation"] = result.generation
     if chosen:
         body["logit_diff"] = dict(zip(args.logit_tokens, result.logit_diff, strict=True))
     return body
+
+
+def _check_kernels(handle, backend: str | None) -> None:
+    """Refuse up front, with what to do, a backend that cannot run here (e.g. Triton on a CPU)."""
+    from workbench.errors import WorkbenchError
+    from workbench.kernels.dispatch import use_triton
+
+    try:
+        use_triton(torch.empty(0, device=handle.device), backend=backend)
+    except RuntimeError as err:
+        raise WorkbenchError(f"--kernels {backend}: {err}") from None
 
 
 def _token_id(handle, text: str) -> int:
@@ -87,6 +101,12 @@ def replay_flags(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         metavar="TOKEN",
         help="also report the mean logit change of these tokens (each must be one token, e.g. ' Paris')",
+    )
+    parser.add_argument(
+        "--kernels",
+        choices=["auto", "torch", "triton"],
+        default="auto",
+        help="auto: Triton on CUDA, torch elsewhere (WORKBENCH_DISABLE_TRITON=1 turns Triton off)",
     )
     parser.add_argument("--generate", type=positive_int, help="also continue a prompt greedily N tokens")
     parser.add_argument("--prompt", help="with --generate: the prompt (default: the first window's start)")

@@ -25,6 +25,7 @@ from workbench.replay.edits import Edit, parse_edits
 from workbench.replay.effects import effects
 from workbench.replay.engine import ReplayEngine
 from workbench.replay.plan import Plan
+from workbench.replay.stack import Stack
 from workbench.results import Provenance, Result, register_result
 
 DEFINITION = (
@@ -92,23 +93,30 @@ class ReplaySession:
     """A batch [B, T] (or one prompt) and its cached unedited run; apply / generate under edits."""
 
     def __init__(
-        self, handle: ModelHandle, tokens: torch.Tensor, data: dict[str, Any] | None = None, engine_of=None
+        self,
+        handle: ModelHandle,
+        tokens: torch.Tensor,
+        data: dict[str, Any] | None = None,
+        engine_of: ReplaySession | None = None,
+        backend: str | None = None,
     ) -> None:
-        """`engine_of` (another session) shares its model tensors and caches: batches of one long input."""
+        """`engine_of` (another session) shares its model tensors and caches: batches of one long input.
+        `backend` picks the kernels: None (Triton on CUDA, torch elsewhere), "torch" or "triton"."""
         self.handle = handle
         tokens = tokens if tokens.ndim == 2 else tokens[None]
-        shared = (
-            {} if engine_of is None else {"stack": engine_of.engine.stack, "cache": engine_of.engine._cache}
-        )
-        self.engine = ReplayEngine(handle, tokens, **shared)
+        if engine_of is not None:
+            stack, cache = engine_of.engine.stack, engine_of.engine._cache
+        else:
+            stack, cache = Stack.of(handle, backend=backend), None
+        self.engine = ReplayEngine(handle, tokens, stack, cache)
         self.data = data or {"tokens": int(self.engine.tokens.numel())}
         self._plans: OrderedDict[str, Plan] = OrderedDict()
         self._base_continuations: dict[int, torch.Tensor] = {}
 
     @classmethod
-    def from_text(cls, handle: ModelHandle, text: str) -> ReplaySession:
+    def from_text(cls, handle: ModelHandle, text: str, backend: str | None = None) -> ReplaySession:
         ids = handle.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return cls(handle, torch.tensor([ids]), {"text": text, "tokens": len(ids)})
+        return cls(handle, torch.tensor([ids]), {"text": text, "tokens": len(ids)}, backend=backend)
 
     def plan(self, edits: Any) -> tuple[list[Edit], Plan]:
         """Edits (objects or their JSON) compiled once and cached by their JSON."""
@@ -139,7 +147,11 @@ class ReplaySession:
             model=self.handle.facts.to_dict(),
             data=self.data,
             definition=DEFINITION,
-            settings={"edits": [e.to_dict() for e in parsed], "chosen": chosen},
+            settings={
+                "edits": [e.to_dict() for e in parsed],
+                "chosen": chosen,
+                "kernels": self.engine.stack.backend or "auto",
+            },
         )
         return ReplayResult(
             self.handle.name,
