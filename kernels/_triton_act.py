@@ -26,3 +26,11 @@ def apply_act(x, ACT: tl.constexpr):
     else:
         y = x * _sigmoid(x)
     return y
+
+
+def dot_precision(dtype) -> str:
+    """tl.dot's input precision: exact float32 ("ieee") for float32 operands, so that a replayed layer
+    agrees with the cached torch run (torch keeps TF32 off by default); half types use tensor cores."""
+    import torch
+
+    return "ieee" if dtype == torch.float32 else "tf32"

@@ -6,13 +6,15 @@ import torch
 import triton
 import triton.language as tl
 
+from workbench.kernels._triton_act import dot_precision
+
 
 @triton.jit
 def _attention_kernel(
     q_ptr, k_ptr, v_ptr, kv_ptr, z_ptr,
     T, DH, HK, scale,
     sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, sv_b, sv_h, sv_t, sz_b, sz_h, sz_t,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     """z for BLOCK_M queries of one (batch, kept head): online softmax over key blocks up to the diagonal."""
     pid_m, pid_bh = tl.program_id(0), tl.program_id(1)
@@ -37,7 +39,7 @@ def _attention_kernel(
         offs_n = n0 + tl.arange(0, BLOCK_N)
         kv_mask = (offs_n < T)[:, None] & in_d[None, :]
         k = tl.load(k_rows + offs_n[:, None] * sk_t + offs_d[None, :], mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k)) * scale  # [BLOCK_M, BLOCK_N], float32
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # [BLOCK_M, BLOCK_N], float32
         allowed = (offs_m[:, None] >= offs_n[None, :]) & (offs_n < T)[None, :]
         s = tl.where(allowed, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))  # finite: key 0 is in the first block for every row
@@ -45,7 +47,7 @@ def _attention_kernel(
         alpha = tl.exp(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, axis=1)
         v = tl.load(v_rows + offs_n[:, None] * sv_t + offs_d[None, :], mask=kv_mask, other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
     z = acc / l_i[:, None]
     z_rows = z_ptr + b.to(tl.int64) * sz_b + h * sz_h
@@ -72,6 +74,6 @@ def triton_head_attention(
     _attention_kernel[grid](
         q, k, v, kv, z, T, DH, HK, float(scale),
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *z.stride()[:3],
-        BLOCK_M=block, BLOCK_N=block, BLOCK_D=block_d,
+        BLOCK_M=block, BLOCK_N=block, BLOCK_D=block_d, PRECISION=dot_precision(q.dtype),
     )  # fmt: skip
     return z

@@ -8,6 +8,8 @@ import torch
 import triton
 import triton.language as tl
 
+from workbench.kernels._triton_act import dot_precision
+
 if TYPE_CHECKING:
     from workbench.kernels.masked_matmul import BlockMaskedWeight, NMWeight
 
@@ -17,7 +19,7 @@ def _nm_kernel(
     x_ptr, val_ptr, col_ptr, b_ptr, y_ptr,
     T, N, K, stride_xt, stride_v, stride_yt,
     HAS_BIAS: tl.constexpr, NKEEP: tl.constexpr, M: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     """y tile [BLOCK_T, BLOCK_N]: each step rebuilds a dense [BLOCK_N, BLOCK_G*M] weight tile in registers
     from the NKEEP slots per group (values + offsets) and multiplies it with tl.dot."""
@@ -42,7 +44,7 @@ def _nm_kernel(
             x_ptr + offs_t[:, None].to(tl.int64) * stride_xt + offs_k[None, :],
             mask=in_t[:, None] & (offs_k < K)[None, :], other=0.0,
         )  # fmt: skip
-        acc += tl.dot(x, tl.trans(w.to(x.dtype)))
+        acc += tl.dot(x, tl.trans(w.to(x.dtype)), input_precision=PRECISION)
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_n, mask=in_n, other=0.0).to(tl.float32)[None, :]
     y = y_ptr + offs_t[:, None].to(tl.int64) * stride_yt + offs_n[None, :]
@@ -54,6 +56,7 @@ def _block_masked_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, tile_ptr, tile_cols,
     T, N, K, stride_xt, stride_w, stride_yt,
     HAS_BIAS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):  # fmt: skip
     """y tile [BLOCK_T, BLOCK_N] summed over only the occupied weight tiles of its tile row."""
     pid_n = tl.program_id(1)
@@ -74,7 +77,7 @@ def _block_masked_kernel(
             w_ptr + offs_n[:, None].to(tl.int64) * stride_w + offs_k[None, :],
             mask=in_n[:, None] & in_k[None, :], other=0.0,
         )  # fmt: skip
-        acc += tl.dot(x, tl.trans(w.to(x.dtype)))
+        acc += tl.dot(x, tl.trans(w.to(x.dtype)), input_precision=PRECISION)
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_n, mask=in_n, other=0.0).to(tl.float32)[None, :]
     y = y_ptr + offs_t[:, None].to(tl.int64) * stride_yt + offs_n[None, :]
@@ -101,6 +104,7 @@ def triton_nm_matmul(x: torch.Tensor, nmw: NMWeight, bias: torch.Tensor | None) 
         x, nmw.values, nmw.cols, bias if bias is not None else nmw.values, y,
         T, N, nmw.K, x.stride(0), nmw.values.stride(0), y.stride(0),
         HAS_BIAS=bias is not None, NKEEP=nmw.n, M=nmw.m, BLOCK_T=block_t, BLOCK_N=block_n, BLOCK_G=block_g,
+        PRECISION=dot_precision(x.dtype),
     )  # fmt: skip
     return y
 
@@ -120,5 +124,6 @@ def triton_block_masked_matmul(
         x, bw.weight, bias if bias is not None else bw.weight, y, bw.tile_ptr, bw.tile_cols,
         T, N, K, x.stride(0), bw.weight.stride(0), y.stride(0),
         HAS_BIAS=bias is not None, BLOCK_T=block_t, BLOCK_N=bw.block_n, BLOCK_K=bw.block_k,
+        PRECISION=dot_precision(x.dtype),
     )  # fmt: skip
     return y

@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from workbench.kernels._triton_act import apply_act
+from workbench.kernels._triton_act import apply_act, dot_precision
 from workbench.kernels.activation import act_code
 from workbench.kernels.moe_dispatch import route_assignments
 
@@ -20,6 +20,7 @@ def _gate_up_kernel(
     x_ptr, gu_ptr, row_token, block_expert, h_ptr,
     D, DM, stride_xt, stride_ge, stride_gf, stride_ht,
     ACT: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):  # fmt: skip
     """h [BLOCK_T rows, BLOCK_F] of one block: its expert's gate and up rows against its tokens."""
     blk = tl.program_id(0)
@@ -43,8 +44,8 @@ def _gate_up_kernel(
         wm = in_f[:, None] & in_d[None, :]
         wg = tl.load(gate_rows + offs_d[None, :], mask=wm, other=0.0)
         wu = tl.load(up_rows + offs_d[None, :], mask=wm, other=0.0)
-        acc_g += tl.dot(x, tl.trans(wg.to(x.dtype)))
-        acc_u += tl.dot(x, tl.trans(wu.to(x.dtype)))
+        acc_g += tl.dot(x, tl.trans(wg.to(x.dtype)), input_precision=PRECISION)
+        acc_u += tl.dot(x, tl.trans(wu.to(x.dtype)), input_precision=PRECISION)
     h = apply_act(acc_g, ACT) * acc_u
     h_rows = h_ptr + offs_r[:, None].to(tl.int64) * stride_ht + offs_f[None, :]
     tl.store(h_rows, h.to(h_ptr.dtype.element_ty), mask=in_f[None, :])
@@ -54,7 +55,7 @@ def _gate_up_kernel(
 def _down_kernel(
     h_ptr, down_ptr, row_weight, block_expert, out_ptr,
     D, DM, stride_ht, stride_de, stride_dd, stride_ot,
-    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_F: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_F: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     """out [BLOCK_T rows, BLOCK_D] = weight * (h down_e^T) for one block."""
     blk = tl.program_id(0)
@@ -73,7 +74,7 @@ def _down_kernel(
             down_ptr + e * stride_de + offs_d[:, None].to(tl.int64) * stride_dd + offs_f[None, :],
             mask=in_d[:, None] & in_f[None, :], other=0.0,
         )  # fmt: skip
-        acc += tl.dot(h, tl.trans(w.to(h.dtype)))
+        acc += tl.dot(h, tl.trans(w.to(h.dtype)), input_precision=PRECISION)
     acc *= tl.load(row_weight + offs_r).to(tl.float32)[:, None]
     out = out_ptr + offs_r[:, None].to(tl.int64) * stride_ot + offs_d[None, :]
     tl.store(out, acc, mask=in_d[None, :])
@@ -121,13 +122,13 @@ def triton_moe(
     _gate_up_kernel[(blocks, triton.cdiv(DM, 32))](
         x, gate_up, row_token, block_expert, h,
         D, DM, x.stride(0), gate_up.stride(0), gate_up.stride(1), h.stride(0),
-        ACT=act_code(act), BLOCK_T=block_t, BLOCK_F=32, BLOCK_D=32,
+        ACT=act_code(act), BLOCK_T=block_t, BLOCK_F=32, BLOCK_D=32, PRECISION=dot_precision(x.dtype),
     )  # fmt: skip
     out = torch.empty(P, D, dtype=torch.float32, device=x.device)
     _down_kernel[(blocks, triton.cdiv(D, 32))](
         h, down, row_weight, block_expert, out,
         D, DM, h.stride(0), down.stride(0), down.stride(1), out.stride(0),
-        BLOCK_T=block_t, BLOCK_D=32, BLOCK_F=32,
+        BLOCK_T=block_t, BLOCK_D=32, BLOCK_F=32, PRECISION=dot_precision(x.dtype),
     )  # fmt: skip
     y.index_add_(0, torch.where(row_token < 0, T, row_token).long(), out)
     return y[:T].to(x.dtype)

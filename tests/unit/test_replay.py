@@ -35,7 +35,16 @@ ATOL = 2e-4
 
 @pytest.fixture(scope="module")
 def handles(checkpoints):
-    return {kind: load_model(str(path), device="cpu", progress=False) for kind, path in checkpoints.items()}
+    """The tiny checkpoints with random biases and norm weights (they are 0 and 1 as written), so that
+    every bias and norm path of replay is exercised; the bridge sees the same parameters."""
+    loaded = {kind: load_model(str(path), device="cpu", progress=False) for kind, path in checkpoints.items()}
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for handle in loaded.values():
+            for name, param in handle.model.original_model.named_parameters():
+                if name.endswith("bias") or "norm" in name or ".ln_" in name:
+                    param.add_(0.1 * torch.randn(param.shape, generator=gen))
+    return loaded
 
 
 def tokens_for(handle, batch=2, length=12, seed=0):
@@ -275,8 +284,12 @@ def test_replay_through_the_triton_kernels(handles, kind, edits):
 
 
 def test_pruned_projections_run_through_the_masked_matmul_kernels(handles, monkeypatch):
-    """2:4 edits use the N:M kernel, other patterns (and a matrix pruned twice) the block-masked one."""
+    """Where Triton runs, 2:4 edits use the N:M kernel and other patterns the block-masked one; on the
+    CPU torch path the layer keeps its masked weights (the kernels' torch path is that same GEMM)."""
     import workbench.kernels.masked_matmul as mm
+    from workbench.replay.stack import Stack
+
+    pytest.importorskip("triton")
 
     calls = {"nm": 0, "block": 0}
     real_nm, real_block = mm.nm_matmul, mm.block_masked_matmul
@@ -294,4 +307,84 @@ def test_pruned_projections_run_through_the_masked_matmul_kernels(handles, monke
     handle = handles["llama"]
     edits = [WeightPrune(0.5, "2:4", layer_list=(0,)), WeightPrune(0.3, "layerwise", layer_list=(1,))]
     assert_replay_matches(handle, edits)
+    assert calls == {"nm": 0, "block": 0}  # CPU, automatic: dense GEMMs on the masked weights
+    tokens = tokens_for(handle)
+    engine = ReplayEngine(handle, tokens, stack=Stack.of(handle, backend="triton"))
+    torch.testing.assert_close(
+        engine.replay(edits).trace.logits, hooked_logits(handle, tokens, edits), atol=ATOL, rtol=1e-4
+    )
     assert calls["nm"] == 7 and calls["block"] == 7  # q, k, v, o, gate, up, down in each layer
+
+
+def test_generation_baseline_is_per_row(handles):
+    handle = handles["gpt2"]
+    session = ReplaySession(handle, tokens_for(handle, batch=2, length=6, seed=3))
+    edits = [SublayerSkip(1, "mlp")]
+    rows = [session.generate(edits, 3, row=row)["base_ids"] for row in (0, 1)]
+    direct = [session.engine.generate(None, 3, session.engine.tokens[r : r + 1])[0].tolist() for r in (0, 1)]
+    assert rows == direct
+
+
+def test_dense_baseline_and_empty_edits_are_identities(handles):
+    handle = handles["llama"]
+    engine = ReplayEngine(handle, tokens_for(handle))
+    for edits in ([], [WeightPrune(0.0, "2:4")]):
+        replayed = engine.replay(edits)
+        torch.testing.assert_close(replayed.trace.logits, engine.base.logits)
+    session = ReplaySession(handle, tokens_for(handle))
+    assert session.apply([]).kl == 0 and session.apply(NeuronMask(0, (1,))).first_layer == 0
+
+
+def test_llama_mlp_biases(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=4096, mlp_bias=True, attention_bias=True,
+    )  # fmt: skip
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias") and "gate_proj" not in name:
+                param.normal_(0, 0.2)
+            elif name.endswith("gate_proj.bias"):
+                param.zero_()
+    model.save_pretrained(tmp_path / "m")
+    from tests.conftest import corpus_tokenizer
+
+    corpus_tokenizer().save_pretrained(tmp_path / "m")
+    handle = load_model(str(tmp_path / "m"), device="cpu", progress=False)
+    assert_replay_matches(handle, [TopK(0, 5), NeuronMask(1, (3,)), HeadMask(1, (2,))])  # up/down biases
+    with torch.no_grad():
+        handle.model.original_model.model.layers[1].mlp.gate_proj.bias.normal_()
+    with pytest.raises(WorkbenchError, match="bias on the gate projection"):
+        ReplayEngine(handle, tokens_for(handle))
+
+
+def test_transcoder_mismatch_is_refused(handles, tmp_path):
+    handle = handles["gpt2"]
+    engine = ReplayEngine(handle, tokens_for(handle))
+    path = _transcoder(tmp_path, handle, layer=1)
+    with pytest.raises(WorkbenchError, match="trained on layer 1"):
+        engine.compile([TranscoderSplice(0, path)])
+    small = Transcoder(TranscoderConfig(d_in=16, d_out=16, width=32, k=4, layer=1))
+    save_transcoder(small, tmp_path / "small")
+    with pytest.raises(WorkbenchError, match="another model"):
+        engine.compile([TranscoderSplice(1, str(tmp_path / "small"))])
+
+
+def test_hooked_edits_refuse_indices_out_of_range(handles):
+    handle = handles["gpt2"]
+    for edit in (NeuronMask(0, (-1,)), HeadMask(0, (7,))):
+        with pytest.raises(WorkbenchError, match="has"), edits_applied(handle, [edit]):
+            pass
+
+
+def test_too_long_for_learned_positions(handles):
+    handle = handles["gpt2"]  # 64 positions
+    with pytest.raises(WorkbenchError, match="positions"):
+        ReplayEngine(handle, tokens_for(handle, batch=1, length=65))
+    engine = ReplayEngine(handle, tokens_for(handle, batch=1, length=60))
+    with pytest.raises(WorkbenchError, match="positions"):
+        engine.generate(None, 10)

@@ -11,8 +11,9 @@ from collections.abc import Callable
 
 import torch
 
-from workbench.replay.edits import NeuronMask
+from workbench.replay.edits import HeadMask, NeuronMask
 from workbench.replay.engine import ReplayEngine, run_layers
+from workbench.replay.stack import Moe
 
 PREFIX_TARGET = 1.2  # ratio <= 1.2 × ideal at every layer
 # Sparse MLP targets, as fractions of the 1/(1-s) limit: (sets, tokens, skip, shape or None = every shape)
@@ -39,8 +40,8 @@ def _median_times(fns: dict[str, Callable[[], object]], repeats: int) -> dict[st
 def prefix_reuse(handle, tokens: torch.Tensor, repeats: int = 5) -> dict:
     """Replay of a small neuron mask at L = n/4, n/2, 3n/4 against a full forward and the ideal.
 
-    The edit masks 1 % of layer L's MLP neurons: it changes the output but not the work (the gathered
-    MLP is 1 % smaller), so replay should cost what the blocks >= L cost. `ideal` is those blocks plus
+    The edit masks 1 % of layer L's MLP neurons (one attention head on a MoE layer): it changes the
+    output but hardly the work, so replay should cost what the blocks >= L cost. `ideal` is those blocks plus
     the final norm and unembedding, run unedited from the cached residual; `ratio` includes everything
     `engine.replay` does (the edit is compiled beforehand, its `apply_seconds` reported apart).
     """
@@ -52,7 +53,10 @@ def prefix_reuse(handle, tokens: torch.Tensor, repeats: int = 5) -> dict:
     rows = []
     bridge = _median_times({"bridge": lambda: handle.logits(tokens)}, max(1, repeats // 2))["bridge"]
     for layer in sorted({n // 4, n // 2, 3 * n // 4}):
-        plan = engine.compile([NeuronMask(layer, tuple(range(0, d_mlp, 100)))])
+        moe = isinstance(stack.layers[layer].mlp, Moe)
+        plan = engine.compile(
+            [HeadMask(layer, (0,)) if moe else NeuronMask(layer, tuple(range(0, d_mlp, 100)))]
+        )
 
         def ideal(layer=layer):
             with torch.inference_mode():

@@ -15,6 +15,7 @@ REPLAY_TOKENS = 512  # a few windows: the cached run keeps log-probabilities [to
 def cmd_replay(args: argparse.Namespace) -> dict:
     from tqdm import tqdm
 
+    from workbench.kernels.dispatch import triton_disabled
     from workbench.replay.edits import load_edits
     from workbench.replay.session import ReplaySession, merged
 
@@ -60,7 +61,7 @@ def cmd_replay(args: argparse.Namespace) -> dict:
         "tokens": result.tokens,
         "model": result.model,
         "resid_deviation": result.resid_deviation,
-        "kernels": args.kernels,
+        "kernels": "torch (WORKBENCH_DISABLE_TRITON=1)" if triton_disabled() else args.kernels,
     }
     if result.generation:
         body["generation"] = result.generation

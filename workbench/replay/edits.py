@@ -36,6 +36,10 @@ class Edit:
             data[key] = list(value) if isinstance(value, tuple) else value
         return data
 
+    def __post_init__(self) -> None:
+        if hasattr(self, "layer"):
+            object.__setattr__(self, "layer", _int(self.layer, f"{self.kind}: layer"))
+
     def check(self, n_layers: int) -> None:
         """Refuse layers the model does not have (model-specific checks happen when compiling)."""
         bad = [layer for layer in self.layers(n_layers) if not 0 <= layer < n_layers]
@@ -45,8 +49,17 @@ class Edit:
             )
 
 
-def _ints(values) -> tuple[int, ...]:
-    return tuple(int(v) for v in values)
+def _int(value: Any, what: str) -> int:
+    """An integer field: ints (or integral floats from JSON) only, never bools or strings."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
+        raise WorkbenchError(f"{what} must be an integer, got {value!r}")
+    return int(value)
+
+
+def _ints(values: Any, what: str = "indices") -> tuple[int, ...]:
+    if isinstance(values, str | bytes) or not hasattr(values, "__iter__"):
+        raise WorkbenchError(f"{what} must be a list of integers, got {values!r}")
+    return tuple(_int(v, what) for v in values)
 
 
 @EDIT_KINDS.decorator("neuron_mask")
@@ -59,7 +72,8 @@ class NeuronMask(Edit):
     neurons: tuple[int, ...]
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "neurons", tuple(sorted(set(_ints(self.neurons)))))
+        super().__post_init__()
+        object.__setattr__(self, "neurons", tuple(sorted(set(_ints(self.neurons, "neuron_mask: neurons")))))
 
 
 @EDIT_KINDS.decorator("topk")
@@ -72,7 +86,9 @@ class TopK(Edit):
     k: int
 
     def __post_init__(self) -> None:
-        if int(self.k) < 1:
+        super().__post_init__()
+        object.__setattr__(self, "k", _int(self.k, "topk: k"))
+        if self.k < 1:
             raise WorkbenchError(f"topk: k must be at least 1, got {self.k}")
 
 
@@ -84,6 +100,12 @@ class Threshold(Edit):
     kind: ClassVar[str] = "threshold"
     layer: int
     tau: float
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.tau, bool) or not isinstance(self.tau, int | float) or self.tau < 0:
+            raise WorkbenchError(f"threshold: tau must be a number >= 0, got {self.tau!r}")
+        object.__setattr__(self, "tau", float(self.tau))
 
 
 @EDIT_KINDS.decorator("head_mask")
@@ -97,7 +119,8 @@ class HeadMask(Edit):
     heads: tuple[int, ...]
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "heads", tuple(sorted(set(_ints(self.heads)))))
+        super().__post_init__()
+        object.__setattr__(self, "heads", tuple(sorted(set(_ints(self.heads, "head_mask: heads")))))
 
 
 @EDIT_KINDS.decorator("expert_mask")
@@ -113,7 +136,8 @@ class ExpertMaskEdit(Edit):
     def __post_init__(self) -> None:
         from workbench.experts.masking import ExpertMask
 
-        object.__setattr__(self, "experts", tuple(sorted(set(_ints(self.experts)))))
+        super().__post_init__()
+        object.__setattr__(self, "experts", tuple(sorted(set(_ints(self.experts, "expert_mask: experts")))))
         ExpertMask(self.layer, self.experts, self.mode)  # validates the mode
 
     def as_mask(self):
@@ -132,6 +156,7 @@ class SublayerSkip(Edit):
     target: str  # "attn" or "mlp"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.target not in ("attn", "mlp"):
             raise WorkbenchError(f"skip: target must be 'attn' or 'mlp', got {self.target!r}")
 
@@ -159,8 +184,13 @@ class WeightPrune(Edit):
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, int | float):
+            raise WorkbenchError(f"weight_prune: sparsity must be a number in [0, 1], got {self.sparsity!r}")
+        object.__setattr__(self, "sparsity", float(self.sparsity))
+        object.__setattr__(self, "seed", _int(self.seed, "weight_prune: seed"))
         if self.layer_list is not None:
-            object.__setattr__(self, "layer_list", tuple(sorted(set(_ints(self.layer_list)))))
+            layers = tuple(sorted(set(_ints(self.layer_list, "weight_prune: layers"))))
+            object.__setattr__(self, "layer_list", layers)
         if self.matrices is not None:
             object.__setattr__(self, "matrices", tuple(self.matrices))
         if self.criterion == "wanda":
@@ -187,6 +217,10 @@ class TranscoderSplice(Edit):
     layer: int
     path: str  # a training run folder, a workbench transcoder folder or an SAE-Lens folder
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "path", str(self.path))
+
 
 def edit_from_dict(data: dict[str, Any]) -> Edit:
     """One edit from its JSON object {"kind": ..., fields...}; unknown kinds and fields are refused."""
@@ -202,7 +236,7 @@ def edit_from_dict(data: dict[str, Any]) -> Edit:
         raise WorkbenchError(f"{data['kind']}: unknown field(s) {unknown}; fields are {sorted(names)}")
     try:
         return cls(**given)
-    except TypeError as err:
+    except (TypeError, ValueError) as err:
         raise WorkbenchError(f"{data['kind']}: {err}; fields are {sorted(names)}") from None
 
 
@@ -211,9 +245,7 @@ def parse_edits(data: Any) -> list[Edit]:
     if isinstance(data, dict) and "edits" in data:
         data = data["edits"]
     items = data if isinstance(data, list) else [data]
-    if not items:
-        raise WorkbenchError("No edits given: write one edit object or a list of them")
-    return [edit_from_dict(item) for item in items]
+    return [item if isinstance(item, Edit) else edit_from_dict(item) for item in items]  # []: no edit
 
 
 def load_edits(source: str | Path) -> list[Edit]:
@@ -235,5 +267,5 @@ def dump_edits(edits: list[Edit]) -> list[dict[str, Any]]:
 
 
 def first_layer(edits: list[Edit], n_layers: int) -> int:
-    """The first layer any edit touches: replay recomputes only layers >= this."""
-    return min(layer for e in edits for layer in e.layers(n_layers))
+    """The first layer any edit touches: replay recomputes only layers >= this (n_layers: none)."""
+    return min((layer for e in edits for layer in e.layers(n_layers)), default=n_layers)

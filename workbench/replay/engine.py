@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from workbench.errors import WorkbenchError
 from workbench.models import ModelHandle
 from workbench.replay.edits import Edit
 from workbench.replay.plan import Plan, compile_plan
@@ -65,8 +66,27 @@ class ReplayEngine:
         self.stack = stack if stack is not None else Stack.of(handle)
         self.tokens = tokens.to(handle.device)
         self._cache = {} if cache is None else cache  # loaded transcoders, pruning orders (shareable)
+        self.stack.check_length(self.tokens.shape[1])
         self.base = self.forward()
+        if not self.stack.verified:
+            self._verify()
         self.base_logprobs = torch.log_softmax(self.base.logits.float(), dim=-1)
+
+    def _verify(self) -> None:
+        """Once per stack: its unedited logits must match the model's own forward (first sequence)."""
+        with torch.inference_mode():
+            expected = self.handle.logits(self.tokens[:1]).float()
+        got = self.base.logits[:1].float()
+        scale = max(1.0, float(expected.abs().max()))
+        tolerance = 1e-3 if got.dtype == torch.float32 and self.stack.embed.dtype == torch.float32 else 5e-2
+        error = float((got - expected).abs().max()) / scale
+        if error > tolerance:
+            raise WorkbenchError(
+                f"Replay's tensor copy of {self.handle.name} disagrees with the model (relative logit "
+                f"error {error:.2e}); this architecture variant is not supported by replay. Use "
+                "workbench.replay.edits_applied (hooks) instead."
+            )
+        self.stack.verified = True
 
     @functools.cached_property
     def full_forward_seconds(self) -> float:
@@ -91,10 +111,10 @@ class ReplayEngine:
         plan = edits if isinstance(edits, Plan) else self.compile(edits)
         start = time.perf_counter()
         with torch.inference_mode():
-            first = plan.first_layer
+            first = min(plan.first_layer, self.stack.n_layers)  # no edits: nothing to recompute
             x = self.base.resid[first]
             after = run_layers(self.stack, x, first, plan, self.stack.rope(self.tokens.shape[1]))
-            logits = self.stack.logits(after[-1])
+            logits = self.stack.logits(after[-1]) if after else self.base.logits
         seconds = time.perf_counter() - start
         trace = Trace([*self.base.resid[: first + 1], *after], logits)
         return Replayed(
@@ -107,6 +127,7 @@ class ReplayEngine:
         Each step recomputes the whole sequence (no key/value cache): fine for short continuations.
         """
         tokens = self.tokens if prompt is None else prompt.to(self.tokens.device)
+        self.stack.check_length(tokens.shape[1] + n_tokens)
         new = []
         for _ in range(n_tokens):
             logits = self.forward(plan, tokens).logits[:, -1]

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from workbench.errors import WorkbenchError
 from workbench.models import ModelHandle
 from workbench.replay.edits import SublayerSkip
 from workbench.replay.effects import next_token_loss
@@ -83,6 +84,8 @@ def greedy_removal(
     data: dict | None = None,
 ) -> FinerCutResult:
     """Remove sublayers greedily until `max_share` of them are gone; the loss after every step."""
+    if not 0 < max_share <= 1:
+        raise WorkbenchError(f"max_share is the share of sublayers to remove, in (0, 1]; got {max_share}")
     start = time.perf_counter()
     calib = ReplayEngine(handle, calibration)
     evaluation = ReplayEngine(handle, heldout, stack=calib.stack)

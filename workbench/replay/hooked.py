@@ -59,9 +59,21 @@ def _skip_hook(edit: SublayerSkip):
     return f"blocks.{edit.layer}.{name}", lambda module, inputs, out: torch.zeros_like(out)
 
 
+def _check_indices(handle: ModelHandle, edit: Edit) -> None:
+    facts = handle.facts
+    for values, size, what in [
+        (getattr(edit, "neurons", ()), facts.d_mlp, "neurons"),
+        (getattr(edit, "heads", ()), facts.n_heads, "heads"),
+    ]:
+        bad = [v for v in values if not 0 <= v < size]
+        if bad:
+            raise WorkbenchError(f"{edit.kind}: layer {edit.layer} has {what} 0..{size - 1}, not {bad[:5]}")
+
+
 @contextlib.contextmanager
 def edits_applied(handle: ModelHandle, edits: list[Edit]) -> Iterator[None]:
     """Every forward of `handle.model` inside the block runs with the edits applied."""
+    from workbench.replay.plan import checked_transcoder
     from workbench.replay.pruned import prune_masks
     from workbench.transcoders.run import load_any
     from workbench.transcoders.splice import mlp_replaced, transcoder_replacement
@@ -69,6 +81,7 @@ def edits_applied(handle: ModelHandle, edits: list[Edit]) -> Iterator[None]:
     n = handle.facts.n_layers
     for edit in edits:
         edit.check(n)
+        _check_indices(handle, edit)
     hooks = []
     # Neuron masks act before top-k / threshold on the same MLP, whatever the list order (edits.py).
     for edit in sorted(edits, key=lambda e: not isinstance(e, NeuronMask)):
@@ -92,7 +105,9 @@ def edits_applied(handle: ModelHandle, edits: list[Edit]) -> Iterator[None]:
             stack.enter_context(experts_masked(handle, expert_masks))
         for edit in edits:
             if isinstance(edit, TranscoderSplice):
-                transcoder = load_any(edit.path).eval()
+                transcoder = checked_transcoder(
+                    load_any(edit.path), edit, handle.facts.d_model, handle.device
+                )
                 stack.enter_context(mlp_replaced(handle, edit.layer, transcoder_replacement(transcoder)))
         for name, hook in hooks:
             stack.callback(points[name].register_forward_hook(hook).remove)

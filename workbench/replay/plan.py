@@ -135,7 +135,7 @@ def _mlp(handle, layer: Layer, group: list[Edit], index: int, cache, backend) ->
             raise WorkbenchError(
                 f"layer {index}'s MLP is spliced with a transcoder; other MLP edits conflict"
             )
-        return _transcoder(splices[0], cache)
+        return _transcoder(splices[0], cache, layer.ln2.weight.shape[0], layer.ln2.weight.device)
     expert_edits = [e for e in group if isinstance(e, ExpertMaskEdit)]
     if isinstance(layer.mlp, Moe):
         if len(expert_edits) != len(group):
@@ -148,13 +148,29 @@ def _mlp(handle, layer: Layer, group: list[Edit], index: int, cache, backend) ->
     return activation_edited(layer.mlp, group, backend)
 
 
-def _transcoder(edit: TranscoderSplice, cache) -> Sublayer:
+def checked_transcoder(transcoder, edit: TranscoderSplice, d_model: int, device):
+    """The transcoder in eval mode on the model's device, refused if it cannot replace this MLP."""
+    cfg = transcoder.cfg
+    if (cfg.d_in, cfg.d_out) != (d_model, d_model):
+        raise WorkbenchError(
+            f"transcoder: {edit.path} maps {cfg.d_in} -> {cfg.d_out} features, but this model's MLP "
+            f"maps {d_model} -> {d_model}; it was trained for another model"
+        )
+    if cfg.layer != edit.layer:
+        raise WorkbenchError(
+            f"transcoder: {edit.path} was trained on layer {cfg.layer}'s MLP, not layer {edit.layer}'s; "
+            f"splice it at layer {cfg.layer}"
+        )
+    return transcoder.eval().to(device)
+
+
+def _transcoder(edit: TranscoderSplice, cache, d_model: int, device) -> Sublayer:
     from workbench.transcoders.run import load_any
 
     cache = {} if cache is None else cache
     key = ("transcoder", edit.path)
     if key not in cache:
-        cache[key] = load_any(edit.path).eval()
+        cache[key] = checked_transcoder(load_any(edit.path), edit, d_model, device)
     transcoder = cache[key]
 
     def run(h: torch.Tensor) -> torch.Tensor:

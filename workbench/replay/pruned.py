@@ -1,10 +1,12 @@
 """Weight-pruning edits in replay: masks from the sparsity issue's PruningPlan, layers rebuilt from masked
 copies of their weights, and every pruned projection run through the masked-matmul kernels.
 
-A matrix pruned by one N:M edit (M a power of two) is stored compressed (`NMWeight`: on a GPU the
-kernel reads only the kept weights); any other pruned matrix as a `BlockMaskedWeight` (on a GPU,
-all-zero tiles are never read). On the CPU both dispatch to a dense GEMM on the masked copy, which is
-the fastest thing there. Routed experts (fused 3-D tensors) stay dense masked copies.
+Where the kernels dispatch to Triton (CUDA, or forced), a matrix pruned by one N:M edit (M a power of
+two) is stored compressed (`NMWeight`: the kernel reads only the kept weights) and any other pruned
+matrix as a `BlockMaskedWeight` (all-zero tiles are never read). Elsewhere both kernels' torch path is
+a dense GEMM on the masked copy, so the layer simply keeps its masked weights (no second copy). The
+choice is made once, when the edit is compiled. Routed experts (fused 3-D tensors) stay dense masked
+copies everywhere.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 
 from workbench.errors import WorkbenchError
 from workbench.kernels.activation import activation_fn
+from workbench.kernels.dispatch import use_triton
 from workbench.kernels.masked_matmul import (
     BlockMaskedWeight,
     NMWeight,
@@ -56,8 +59,11 @@ class MaskedLinear:
         return block_masked_matmul(x, self.weight, bias, backend=self.backend)
 
 
-def masked_linear(w: torch.Tensor, nm: tuple[int, int] | None, backend: str | None) -> MaskedLinear:
-    """w [out, in] already masked (zeros where pruned), N:M-compressed when `nm` allows it."""
+def masked_linear(w: torch.Tensor, nm: tuple[int, int] | None, backend: str | None) -> MaskedLinear | None:
+    """w [out, in] already masked (zeros where pruned), N:M-compressed when `nm` allows it; None where
+    the kernels' torch path would run (a dense GEMM on w itself)."""
+    if not use_triton(w, backend=backend):
+        return None
     keep = w != 0
     if nm is not None and nm[1] & (nm[1] - 1) == 0:
         compressed = nm_compress(w, keep, *nm)
@@ -101,7 +107,7 @@ def pruned_layers(
     overrides: dict[str, torch.Tensor] = {}
     patterns: dict[tuple[int, str], list[tuple[int, int] | None]] = {}  # (layer, stack name) -> N:M per edit
     touched: set[int] = set()
-    for edit in edits:
+    for edit in [e for e in edits if e.sparsity > 0]:  # sparsity 0 is the dense baseline: no change
         nm = parse_nm(edit.pattern)
         for matrix, keep in zip(*prune_masks(handle, edit, cache), strict=True):
             name = matrix.name.split("[")[0]
@@ -126,12 +132,16 @@ def pruned_layers(
             for short, nm in sparse.items()
             if short in ATTENTION
         }
+        linears = {short: lin for short, lin in linears.items() if lin is not None}
         if linears:
             layer.attn = replace(layer.attn, linears=linears)
-        if isinstance(layer.mlp, MlpParams) and any(s not in ATTENTION for s in sparse):
-            mlps[i] = pruned_mlp(
-                layer.mlp, {s: nm for s, nm in sparse.items() if s not in ATTENTION}, stack.backend
-            )
+        mlp_sparse = {s: nm for s, nm in sparse.items() if s not in ATTENTION}
+        if (
+            isinstance(layer.mlp, MlpParams)
+            and mlp_sparse
+            and use_triton(layer.mlp.w_in, backend=stack.backend)
+        ):
+            mlps[i] = pruned_mlp(layer.mlp, mlp_sparse, stack.backend)
         layers[i] = layer
     return layers, mlps
 

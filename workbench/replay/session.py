@@ -20,6 +20,7 @@ import altair as alt
 import pandas as pd
 import torch
 
+from workbench.errors import WorkbenchError
 from workbench.models import ModelHandle
 from workbench.replay.edits import Edit, parse_edits
 from workbench.replay.effects import effects
@@ -35,7 +36,8 @@ DEFINITION = (
     "of positions whose argmax token is unchanged; resid_deviation[l] = mean over tokens of "
     "‖r_edited − r_base‖ / ‖r_base‖ for the residual entering layer l (l = n_layers: after the last block)."
 )
-PLAN_CACHE = 16
+PLAN_CACHE = 16  # compiled edit lists kept per session
+PRUNED_PLAN_CACHE = 2  # of which with weight pruning (each holds masked copies of the weights it prunes)
 
 
 @register_result
@@ -104,6 +106,8 @@ class ReplaySession:
         `backend` picks the kernels: None (Triton on CUDA, torch elsewhere), "torch" or "triton"."""
         self.handle = handle
         tokens = tokens if tokens.ndim == 2 else tokens[None]
+        if engine_of is not None and backend not in (None, engine_of.engine.stack.backend):
+            raise WorkbenchError("backend conflicts with engine_of's; a shared stack has one backend")
         if engine_of is not None:
             stack, cache = engine_of.engine.stack, engine_of.engine._cache
         else:
@@ -111,21 +115,32 @@ class ReplaySession:
         self.engine = ReplayEngine(handle, tokens, stack, cache)
         self.data = data or {"tokens": int(self.engine.tokens.numel())}
         self._plans: OrderedDict[str, Plan] = OrderedDict()
-        self._base_continuations: dict[int, torch.Tensor] = {}
+        self._base_continuations: dict[tuple[int, int], torch.Tensor] = {}  # (row, n) -> tokens
 
     @classmethod
-    def from_text(cls, handle: ModelHandle, text: str, backend: str | None = None) -> ReplaySession:
+    def from_text(
+        cls,
+        handle: ModelHandle,
+        text: str,
+        backend: str | None = None,
+        engine_of: ReplaySession | None = None,
+    ) -> ReplaySession:
+        """One prompt; `engine_of` (a session on the same model) reuses its tensors and caches."""
         ids = handle.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return cls(handle, torch.tensor([ids]), {"text": text, "tokens": len(ids)}, backend=backend)
+        data = {"text": text, "tokens": len(ids)}
+        return cls(handle, torch.tensor([ids]), data, engine_of=engine_of, backend=backend)
 
     def plan(self, edits: Any) -> tuple[list[Edit], Plan]:
         """Edits (objects or their JSON) compiled once and cached by their JSON."""
-        parsed = [e for e in edits if isinstance(e, Edit)] if _all_edits(edits) else parse_edits(edits)
+        parsed = parse_edits([edits] if isinstance(edits, Edit) else edits)
         key = json.dumps([e.to_dict() for e in parsed], sort_keys=True)
         if key in self._plans:
             self._plans.move_to_end(key)
         else:
             self._plans[key] = self.engine.compile(parsed)
+            pruned = [k for k in self._plans if '"weight_prune"' in k]
+            for stale in pruned[: max(0, len(pruned) - PRUNED_PLAN_CACHE)]:
+                del self._plans[stale]
             if len(self._plans) > PLAN_CACHE:
                 self._plans.popitem(last=False)
         return parsed, self._plans[key]
@@ -176,9 +191,9 @@ class ReplaySession:
         """Greedy continuation of sequence `row` under the edits, beside the unedited one."""
         _, plan = self.plan(edits)
         prompt = self.engine.tokens[row : row + 1]
-        if n_tokens not in self._base_continuations:
-            self._base_continuations[n_tokens] = self.engine.generate(None, n_tokens, prompt)[0]
-        base = self._base_continuations[n_tokens]
+        if (row, n_tokens) not in self._base_continuations:
+            self._base_continuations[(row, n_tokens)] = self.engine.generate(None, n_tokens, prompt)[0]
+        base = self._base_continuations[(row, n_tokens)]
         edited = self.engine.generate(plan, n_tokens, prompt)[0]
         decode = self.handle.tokenizer.decode
         return {
@@ -230,7 +245,3 @@ def merged(results: list[ReplayResult]) -> ReplayResult:
         apply_seconds=sum(r.apply_seconds for r in results),
         full_forward_seconds=sum(r.full_forward_seconds for r in results),
     )
-
-
-def _all_edits(edits: Any) -> bool:
-    return isinstance(edits, list) and bool(edits) and all(isinstance(e, Edit) for e in edits)

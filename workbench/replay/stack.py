@@ -167,6 +167,8 @@ class Stack:
     build_layer: Callable[[int, dict[str, torch.Tensor]], Layer]
     params: dict[str, torch.Tensor]  # HF name -> tensor (the weights as released, not copied)
     backend: str | None = None  # kernels: None picks Triton on CUDA, torch elsewhere; or force one
+    window: int | None = None  # sliding-window attention span, if the model uses one
+    verified: bool = False  # the unedited stack has been checked against the model once
 
     @classmethod
     def of(cls, handle: ModelHandle, backend: str | None = None) -> Stack:
@@ -197,7 +199,20 @@ class Stack:
             kind, embed, pos, [], norm, unembed, params.get("lm_head.bias"), rope_fn, build, params, backend
         )
         stack.layers = [stack.layer_from(i, params) for i in range(n)]
+        stack.window = _sliding_window(config)
         return stack
+
+    def check_length(self, n_tokens: int) -> None:
+        """Refuse sequences the stack would compute differently from the model."""
+        if self.pos is not None and n_tokens > self.pos.shape[0]:
+            raise WorkbenchError(
+                f"{n_tokens} tokens exceed the model's {self.pos.shape[0]} positions; use shorter windows"
+            )
+        if self.window is not None and n_tokens > self.window:
+            raise WorkbenchError(
+                f"{n_tokens} tokens exceed the sliding attention window ({self.window}), which replay "
+                "does not implement; use windows of at most that length"
+            )
 
     def layer_from(self, i: int, params: dict[str, torch.Tensor]) -> Layer:
         """Layer i built from named parameters (the released ones, or masked copies for weight edits)."""
@@ -228,6 +243,13 @@ class Stack:
         layer = self.layers[i]
         x = x + layer.attn(layer.ln1(x), rope)
         return x + run_mlp(layer.mlp, layer.ln2(x))
+
+
+def _sliding_window(config) -> int | None:
+    window = getattr(config, "sliding_window", None)
+    if window is None or getattr(config, "use_sliding_window", True) is False:
+        return None
+    return int(window)
 
 
 def _layer_norm(params, prefix: str, config) -> Norm:
@@ -274,12 +296,15 @@ def _llama_layer(config):
     eps = config.rms_norm_eps
 
     def gated(params, p: str) -> MlpParams:
+        gate_bias = params.get(p + "gate_proj.bias")
+        if gate_bias is not None and bool(gate_bias.any()):
+            raise WorkbenchError("Replay does not implement a bias on the gate projection; use hooked edits")
         return MlpParams(
             w_in=params[p + "up_proj.weight"],
-            b_in=None,
+            b_in=params.get(p + "up_proj.bias"),
             w_gate=params[p + "gate_proj.weight"],
             w_out=params[p + "down_proj.weight"].T.contiguous(),
-            b_out=None,
+            b_out=params.get(p + "down_proj.bias"),
             act=act,
         )
 
