@@ -190,7 +190,7 @@ def _ranks(flat: torch.Tensor) -> torch.Tensor:
     order = _stable_order(flat)
     rank = torch.empty_like(order)
     rank[order.long() if order.dtype != torch.int64 else order] = torch.arange(
-        order.numel(), dtype=order.dtype
+        order.numel(), dtype=order.dtype, device=order.device
     )
     return rank
 
@@ -240,7 +240,11 @@ class PruningPlan:
                 rows_last = s.float() if mat.in_dim == 1 else s.float().T  # [out, in]
                 order = torch.sort(rows_last, dim=-1, stable=True).indices
                 rank = torch.empty_like(order, dtype=torch.int32)
-                positions = torch.arange(order.shape[1], dtype=torch.int32).expand_as(order).contiguous()
+                positions = (
+                    torch.arange(order.shape[1], dtype=torch.int32, device=order.device)
+                    .expand_as(order)
+                    .contiguous()
+                )
                 rank.scatter_(-1, order, positions)
                 ranks.append(rank if mat.in_dim == 1 else rank.T.contiguous())
             plan = cls(pattern, shapes, ranks)
@@ -263,7 +267,7 @@ class PruningPlan:
             groups = rows_last.reshape(rows_last.shape[0], -1, m)
             rank = torch.empty_like(groups, dtype=torch.int64)
             order = torch.sort(groups, dim=-1, stable=True).indices
-            rank.scatter_(-1, order, torch.arange(m).expand_as(order).contiguous())
+            rank.scatter_(-1, order, torch.arange(m, device=order.device).expand_as(order).contiguous())
             keep = (rank >= m - n).reshape(rows_last.shape)
             keeps.append(keep if mat.in_dim == 1 else keep.T.contiguous())
         return cls(pattern, shapes, keeps, nm)

@@ -44,6 +44,7 @@ STACK_NAMES = {
     "mlp_out": ("out",),
 }
 ATTENTION = ("q", "k", "v", "o")
+PRUNING_ORDERS = 4  # pruning orders (scores ranked once) kept per engine cache
 
 
 @dataclass(eq=False)
@@ -80,7 +81,7 @@ def prune_masks(
     The plan (scores ranked once) is kept in `cache` by everything but the level, so a sparsity slider
     pays the ranking once and each new level costs one comparison.
     """
-    key = (edit.pattern, edit.criterion, edit.layer_list, edit.matrices, edit.seed)
+    key = ("prune", edit.pattern, edit.criterion, edit.layer_list, edit.matrices, edit.seed)
     if cache is None or key not in cache:
         matrices = prunable_matrices(handle)
         layers = set(edit.layers(handle.facts.n_layers))
@@ -93,6 +94,9 @@ def prune_masks(
         plan = PruningPlan.build(chosen, scores(chosen, edit.criterion, seed=edit.seed), edit.pattern)
         if cache is None:
             return chosen, plan.masks(edit.sparsity)
+        held = [k for k in cache if isinstance(k, tuple) and k and k[0] == "prune"]
+        for stale in held[: max(0, len(held) - PRUNING_ORDERS + 1)]:  # each holds int32 ranks per weight
+            del cache[stale]
         cache[key] = (chosen, plan)
     chosen, plan = cache[key]
     return chosen, plan.masks(edit.sparsity)
