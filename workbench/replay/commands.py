@@ -131,7 +131,13 @@ def cmd_finercut(args: argparse.Namespace) -> dict:
         )
         data = {"heldout": windows.slice_info, "calibration": calibration.slice_info}
         result = greedy_removal(
-            handle, calibration.tokens, windows.tokens, args.max_share, progress=not args.json, data=data
+            handle,
+            calibration.tokens,
+            windows.tokens,
+            args.max_share,
+            progress=not args.json,
+            batch_size=args.batch_size,
+            data=data,
         )
         record(args, run, [result])
     if not args.json:

@@ -75,12 +75,24 @@ def _kl(base_lp: torch.Tensor, logits: torch.Tensor) -> float:
     return float((base_lp.exp() * (base_lp - lp)).sum(-1).mean())
 
 
+def heldout_loss(engine: ReplayEngine, heldout: torch.Tensor, plan, batch_size: int) -> float:
+    """Mean next-token loss of the (pruned) model on held-out windows, batch by batch: memory does not
+    grow with the number of held-out tokens (nothing of them is cached)."""
+    total, count = 0.0, 0
+    for batch in heldout.split(batch_size):
+        logits = engine.forward(plan, batch.to(engine.tokens.device)).logits
+        losses = next_token_loss(torch.log_softmax(logits.float(), -1), batch.to(logits.device))
+        total, count = total + float(losses.sum()), count + losses.numel()
+    return total / count
+
+
 def greedy_removal(
     handle: ModelHandle,
     calibration: torch.Tensor,
     heldout: torch.Tensor,
     max_share: float = 0.5,
     progress: bool = True,
+    batch_size: int = 8,
     data: dict | None = None,
 ) -> FinerCutResult:
     """Remove sublayers greedily until `max_share` of them are gone; the loss after every step."""
@@ -88,7 +100,6 @@ def greedy_removal(
         raise WorkbenchError(f"max_share is the share of sublayers to remove, in (0, 1]; got {max_share}")
     start = time.perf_counter()
     calib = ReplayEngine(handle, calibration)
-    evaluation = ReplayEngine(handle, heldout, stack=calib.stack)
     stack, n = calib.stack, calib.stack.n_layers
     rope = stack.rope(calibration.shape[1])
     remaining = [(layer, target) for layer in range(n) for target in ("attn", "mlp")]
@@ -110,8 +121,7 @@ def greedy_removal(
             remaining.remove((layer, target))
             removed.append(SublayerSkip(layer, target))
             current = calib.forward(calib.compile(removed))
-            edited = evaluation.replay(removed)
-            loss = float(next_token_loss(torch.log_softmax(edited.trace.logits.float(), -1), heldout).mean())
+            loss = heldout_loss(calib, heldout, calib.compile(removed), batch_size)
             steps.append(
                 {
                     "step": step,
@@ -126,7 +136,7 @@ def greedy_removal(
             bar.update()
             bar.set_postfix(loss=f"{loss:.3f}", last=f"L{layer}.{target}")
     bar.close()
-    base_loss = float(next_token_loss(evaluation.base_logprobs, heldout).mean())
+    base_loss = heldout_loss(calib, heldout, None, batch_size)
     provenance = Provenance(
         model=handle.facts.to_dict(),
         data=data or {"calibration_tokens": int(calibration.numel()), "eval_tokens": int(heldout.numel())},
