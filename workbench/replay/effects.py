@@ -40,6 +40,11 @@ class Effects:
         return out
 
 
+def kl_per_token(base_logprobs: torch.Tensor, edited_logprobs: torch.Tensor) -> torch.Tensor:
+    """[..., T]: KL(base ‖ edited) of the next-token distributions, nats."""
+    return (base_logprobs.exp() * (base_logprobs - edited_logprobs)).sum(-1).clamp_min(0.0)
+
+
 def next_token_loss(logprobs: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """[B, T-1]: −log p(token t+1 | ≤ t)."""
     return -logprobs[:, :-1].gather(-1, tokens[:, 1:, None]).squeeze(-1)
@@ -50,7 +55,7 @@ def effects(engine: ReplayEngine, edited: Replayed, chosen: list[int] | None = N
     with torch.inference_mode():
         base_lp = engine.base_logprobs
         edit_lp = torch.log_softmax(edited.trace.logits.float(), dim=-1)
-        kl = (base_lp.exp() * (base_lp - edit_lp)).sum(-1).clamp_min(0.0)
+        kl = kl_per_token(base_lp, edit_lp)
         agree = base_lp.argmax(-1) == edit_lp.argmax(-1)
         diff = None
         if chosen:

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from workbench.errors import WorkbenchError
 from workbench.models import ModelHandle
 from workbench.replay.edits import SublayerSkip
-from workbench.replay.effects import next_token_loss
+from workbench.replay.effects import kl_per_token, next_token_loss
 from workbench.replay.engine import ReplayEngine, run_layers
 from workbench.results import Provenance, Result, register_result
 
@@ -70,11 +70,6 @@ class FinerCutResult(Result):
         return {"curve": (line + points).properties(title=f"{self.model}: greedy sublayer removal")}
 
 
-def _kl(base_lp: torch.Tensor, logits: torch.Tensor) -> float:
-    lp = torch.log_softmax(logits.float(), dim=-1)
-    return float((base_lp.exp() * (base_lp - lp)).sum(-1).mean())
-
-
 def heldout_loss(engine: ReplayEngine, heldout: torch.Tensor, plan, batch_size: int) -> float:
     """Mean next-token loss of the (pruned) model on held-out windows, batch by batch: memory does not
     grow with the number of held-out tokens (nothing of them is cached)."""
@@ -114,7 +109,8 @@ def greedy_removal(
             for layer, target in remaining:
                 plan = calib.compile([*removed, SublayerSkip(layer, target)])
                 after = run_layers(stack, current.resid[layer], layer, plan, rope)
-                kl = _kl(calib.base_logprobs, stack.logits(after[-1]))
+                edited_lp = torch.log_softmax(stack.logits(after[-1]).float(), dim=-1)
+                kl = float(kl_per_token(calib.base_logprobs, edited_lp).mean())
                 if best is None or kl < best[0]:
                     best = (kl, layer, target)
             kl, layer, target = best

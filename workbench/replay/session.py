@@ -217,19 +217,19 @@ def merged(results: list[ReplayResult]) -> ReplayResult:
     weights = [r.tokens for r in results]
     total = sum(weights)
 
-    def mean(name: str) -> float:
-        return sum(getattr(r, name) * w for r, w in zip(results, weights, strict=True)) / total
+    def mean(name: str):
+        """The token-weighted mean of a field: a number, or a list element by element (None stays None)."""
+        values = [getattr(r, name) for r in results]
+        if values[0] is None:
+            return None
+        if isinstance(values[0], list):
+            return [
+                sum(v[i] * w for v, w in zip(values, weights, strict=True)) / total
+                for i in range(len(values[0]))
+            ]
+        return sum(v * w for v, w in zip(values, weights, strict=True)) / total
 
-    deviation = [
-        sum(r.resid_deviation[i] * w for r, w in zip(results, weights, strict=True)) / total
-        for i in range(len(first.resid_deviation))
-    ]
-    logit_diff = None
-    if first.logit_diff is not None:
-        logit_diff = [
-            sum(r.logit_diff[i] * w for r, w in zip(results, weights, strict=True)) / total
-            for i in range(len(first.logit_diff))
-        ]
+    deviation, logit_diff = mean("resid_deviation"), mean("logit_diff")
     ce_base, ce_edited = mean("ce_base"), mean("ce_edited")
     return dataclasses.replace(
         first,
