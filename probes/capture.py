@@ -1,4 +1,12 @@
-"""The capture loop: run token windows through a model with probes attached, feed a sink."""
+"""The capture loop: run token windows through a model with probes attached, feed a sink.
+
+This module is also the probes' public face: it re-exports every probe and sink, so one import serves
+a notebook (`workbench.probes` is a namespace package with no `__init__`, so that the repository's
+top-level `probes/` folder can never shadow an installed distribution of that name):
+
+    from workbench.probes.capture import ActivationProbe, AttentionProbe, MemorySink, capture
+    sink = capture(handle, windows, [ActivationProbe(["blocks.*.mlp.hook_post"])], MemorySink())
+"""
 
 from __future__ import annotations
 
@@ -11,8 +19,25 @@ from tqdm.auto import tqdm
 from workbench.corpus import TokenWindows
 from workbench.errors import WorkbenchError
 from workbench.models import ModelHandle
+from workbench.probes.activations import ActivationProbe, match_hooks
+from workbench.probes.attention import AttentionProbe
 from workbench.probes.base import ForwardDone, attached
-from workbench.probes.sinks import Sink
+from workbench.probes.routing import RoutingProbe, moe_layers
+from workbench.probes.sinks import MemorySink, Reducer, ReducerSink, Sink, StoreSink
+
+__all__ = [
+    "ActivationProbe",
+    "AttentionProbe",
+    "MemorySink",
+    "Reducer",
+    "ReducerSink",
+    "RoutingProbe",
+    "StoreSink",
+    "attached",
+    "capture",
+    "match_hooks",
+    "moe_layers",
+]
 
 
 def batch_meta(batch, pos: int) -> dict[str, torch.Tensor]:

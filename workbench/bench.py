@@ -68,7 +68,7 @@ def bench_capture(handle, windows, batch_size: int = 4, progress: bool = False, 
     The three run interleaved `repeats` times; each keeps its fastest run (timings here are noisy).
     """
     from workbench.capturing import shard_tokens
-    from workbench.probes import ActivationProbe, AttentionProbe, StoreSink, capture
+    from workbench.probes.capture import ActivationProbe, AttentionProbe, StoreSink, capture
 
     hooks = [f"blocks.{layer}.mlp.hook_post" for layer in range(handle.facts.n_layers)]
     hooks += [f"blocks.{layer}.attn.hook_pattern" for layer in range(handle.facts.n_layers)]

@@ -189,7 +189,7 @@ def capture_to_run(
     n_tokens: int | None = None,
 ) -> CaptureResult:
     """Capture `probes` over `windows` into run.path/store (resumable), and save a CaptureResult in `run`."""
-    from workbench.probes import ReducerSink, StoreSink, capture
+    from workbench.probes.capture import ReducerSink, StoreSink, capture
     from workbench.store import inspect_store
 
     per_batch = windows.context * batch_size  # shards hold whole batches, so resumes repeat batches exactly

@@ -156,7 +156,7 @@ def cmd_report(args: argparse.Namespace) -> dict:
 
 def cmd_capture(args: argparse.Namespace) -> dict:
     from workbench.capturing import capture_to_run
-    from workbench.probes import ActivationProbe, AttentionProbe, RoutingProbe
+    from workbench.probes.capture import ActivationProbe, AttentionProbe, RoutingProbe
     from workbench.runs import RunFolder
 
     if args.out is None:

@@ -47,7 +47,7 @@ class SquareSumReducer:
 
 def wanda_norms(handle, matrices, calibration, batch_size: int = 8) -> dict[str, torch.Tensor]:
     """‖X_j‖₂ over calibration tokens for every matrix's input features (Wanda's activation norms)."""
-    from workbench.probes import ActivationProbe, ReducerSink, capture
+    from workbench.probes.capture import ActivationProbe, ReducerSink, capture
 
     if any("[" in m.name for m in matrices):
         raise WorkbenchError("Wanda scores for MoE experts need per-expert routed inputs; not supported yet.")

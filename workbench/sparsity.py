@@ -96,7 +96,7 @@ def calibrate(
     definition: Definition, handle: ModelHandle, hooks: list[NeuronHooks], windows, batch_size: int
 ) -> dict[int, float]:
     """Per-layer thresholds of `magnitude@p` or `cett@r` from calibration windows (kept in memory)."""
-    from workbench.probes import ActivationProbe, MemorySink, capture
+    from workbench.probes.capture import ActivationProbe, MemorySink, capture
 
     if not definition.needs_calibration:
         return {}
@@ -193,7 +193,7 @@ def measure(
     progress: bool = True,
 ) -> DensityReducer:
     """Run `windows` through the model and fold the density statistics of every layer."""
-    from workbench.probes import ActivationProbe, ReducerSink, capture
+    from workbench.probes.capture import ActivationProbe, ReducerSink, capture
 
     hooks = neuron_hooks(handle)
     thresholds = (

@@ -16,7 +16,7 @@ import torch
 from workbench.cli import main
 from workbench.corpus import windows_for
 from workbench.models import load_model
-from workbench.probes import ActivationProbe, AttentionProbe, MemorySink, RoutingProbe, capture
+from workbench.probes.capture import ActivationProbe, AttentionProbe, MemorySink, RoutingProbe, capture
 from workbench.store import StoreReader
 
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from tests.conftest import KINDS
+from conftest import KINDS
 from workbench.corpus import load_corpus, make_windows
 from workbench.errors import WorkbenchError
 from workbench.models import load_model
-from workbench.probes import ActivationProbe, AttentionProbe, MemorySink, RoutingProbe, capture
+from workbench.probes.capture import ActivationProbe, AttentionProbe, MemorySink, RoutingProbe, capture
 
 
 def _windows(handle, n=3, context=16):

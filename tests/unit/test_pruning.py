@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from tests.conftest import KINDS
+from conftest import KINDS
 from workbench.errors import WorkbenchError
 from workbench.models import load_model
 from workbench.pruning import PrunableMatrix, PruningPlan, prunable_matrices, pruned, scores

@@ -10,7 +10,7 @@ from workbench.corpus import load_corpus, make_windows
 from workbench.errors import WorkbenchError
 from workbench.models import load_model
 from workbench.neurons import neuron_hooks, output_weights
-from workbench.probes import ActivationProbe, MemorySink, capture
+from workbench.probes.capture import ActivationProbe, MemorySink, capture
 from workbench.sparsity import Definition, cett_ratio, measure
 
 

@@ -317,7 +317,7 @@ def partition_layers(
     seed,
     progress,
 ) -> dict[int, torch.Tensor]:
-    from workbench.probes import ActivationProbe, ReducerSink, capture
+    from workbench.probes.capture import ActivationProbe, ReducerSink, capture
 
     if method == "kmeans":
         return {layer: kmeans_groups(handle, layer, n_groups, seed) for layer in layers}
@@ -355,7 +355,7 @@ def run_moefy(
 ) -> MoefyResult:
     """Partition every layer's MLP, train routers on `train_windows`, measure on `windows`."""
     from workbench.neurons import neuron_hooks
-    from workbench.probes import ActivationProbe, ReducerSink, capture
+    from workbench.probes.capture import ActivationProbe, ReducerSink, capture
 
     if method not in METHODS:
         raise WorkbenchError(f"Unknown MoEfication method {method!r}; use one of {', '.join(METHODS)}.")

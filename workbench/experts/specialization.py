@@ -58,7 +58,7 @@ def randomly_initialised(handle: ModelHandle, seed: int = 0) -> ModelHandle:
 def routing_summary(
     handle: ModelHandle, windows: TokenWindows, labels: list[str], batch_size: int, progress: bool
 ) -> tuple[list[dict], Labeller]:
-    from workbench.probes import ReducerSink, RoutingProbe, capture
+    from workbench.probes.capture import ReducerSink, RoutingProbe, capture
 
     if not handle.facts.moe:
         raise WorkbenchError(

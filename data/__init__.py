@@ -1,1 +1,0 @@
-"""Shipped data (installed as `workbench.data`): the two-domain corpus, its tokenizer and the demo models."""
