@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
@@ -58,8 +60,30 @@ def _attention_kernel(
     )
 
 
+@dataclass(frozen=True)
+class AttentionBlocks:
+    """The launch: queries and keys per tile, warps, software-pipeline stages."""
+
+    m: int = 64
+    n: int = 64
+    warps: int = 4
+    stages: int | None = None  # None: Triton's default
+
+
+def attention_blocks(q: torch.Tensor) -> AttentionBlocks:
+    """The configuration for q [B, Hk, T, dh]."""
+    return (
+        AttentionBlocks() if q.is_cuda else AttentionBlocks(16, 16)
+    )  # small tiles keep the interpreter quick
+
+
 def triton_head_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_of_head: torch.Tensor, scale: float
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv_of_head: torch.Tensor,
+    scale: float,
+    blocks: AttentionBlocks | None = None,
 ) -> torch.Tensor:
     """z [B, Hk, T, dh]; dh is padded to a power of two (at least 16) inside the kernel with masks."""
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
@@ -67,13 +91,14 @@ def triton_head_attention(
     z = torch.empty_like(q, memory_format=torch.contiguous_format)
     if z.numel() == 0:  # no empty launch grids
         return z
-    block = 64 if q.is_cuda else 16  # small blocks keep the interpreter quick
+    cfg = blocks or attention_blocks(q)
     block_d = max(16, triton.next_power_of_2(DH))
     kv = kv_of_head.to(device=q.device, dtype=torch.int32).contiguous()
-    grid = (triton.cdiv(T, block), B * HK)
+    grid = (triton.cdiv(T, cfg.m), B * HK)
+    launch = {"num_warps": cfg.warps} | ({} if cfg.stages is None else {"num_stages": cfg.stages})
     _attention_kernel[grid](
         q, k, v, kv, z, T, DH, HK, float(scale),
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *z.stride()[:3],
-        BLOCK_M=block, BLOCK_N=block, BLOCK_D=block_d, PRECISION=dot_precision(q.dtype),
+        BLOCK_M=cfg.m, BLOCK_N=cfg.n, BLOCK_D=block_d, PRECISION=dot_precision(q.dtype), **launch,
     )  # fmt: skip
     return z

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -52,6 +53,34 @@ def _nm_kernel(
 
 
 @triton.jit
+def _nm_gemv_kernel(
+    x_ptr, val_ptr, col_ptr, b_ptr, y_ptr,
+    N, S, stride_xt, stride_v, stride_yt,
+    HAS_BIAS: tl.constexpr, NKEEP: tl.constexpr, M: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr,
+):  # fmt: skip
+    """y[t, n-block] for one token t, straight from the compressed rows: each kept value meets the input
+    it multiplies, x[t, group * M + offset], gathered (x is small and stays in cache). Every weight byte is
+    read once, coalesced, and no dense tile is rebuilt: the kernel for a few tokens (decode)."""
+    t = tl.program_id(0)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    in_n = offs_n < N
+    rows = offs_n[:, None].to(tl.int64) * stride_v
+    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for s0 in range(0, S, BLOCK_S):
+        offs_s = s0 + tl.arange(0, BLOCK_S)
+        m2 = in_n[:, None] & (offs_s < S)[None, :]
+        v = tl.load(val_ptr + rows + offs_s[None, :], mask=m2, other=0.0).to(tl.float32)
+        c = tl.load(col_ptr + rows + offs_s[None, :], mask=m2, other=0).to(tl.int32)
+        k = (offs_s // NKEEP)[None, :] * M + c  # < K: a padding slot (value 0, offset 0) reads a real x
+        x = tl.load(x_ptr + t * stride_xt + k, mask=m2, other=0.0).to(tl.float32)
+        acc += tl.sum(v * x, axis=1)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs_n, mask=in_n, other=0.0).to(tl.float32)
+    tl.store(y_ptr + t * stride_yt + offs_n, acc.to(y_ptr.dtype.element_ty), mask=in_n)
+
+
+@triton.jit
 def _block_masked_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, tile_ptr, tile_cols,
     T, N, K, stride_xt, stride_w, stride_yt,
@@ -89,14 +118,40 @@ def _block_t(T: int) -> int:
     return min(64, max(16, triton.next_power_of_2(T)))
 
 
-def triton_nm_matmul(x: torch.Tensor, nmw: NMWeight, bias: torch.Tensor | None) -> torch.Tensor:
-    """x [T, K] @ dense(nmw)^T + bias from the compressed values; m must be a power of two."""
+@dataclass(frozen=True)
+class GemvBlocks:
+    """The few-token N:M kernel's launch: output rows and compressed slots per tile, and warps."""
+
+    n: int = 16
+    s: int = 128
+    warps: int = 4
+
+
+GEMV_MAX_TOKENS = 16  # up to this many tokens the N:M path reads the compressed rows once per token
+
+
+def triton_nm_matmul(
+    x: torch.Tensor, nmw: NMWeight, bias: torch.Tensor | None, gemv: GemvBlocks | None = None
+) -> torch.Tensor:
+    """x [T, K] @ dense(nmw)^T + bias from the compressed values; m must be a power of two.
+
+    Up to GEMV_MAX_TOKENS tokens (or with `gemv` given), one program per token and block of rows
+    (`_nm_gemv_kernel`); more tokens rebuild dense weight tiles for tl.dot (`_nm_kernel`).
+    """
     if nmw.m & (nmw.m - 1):
         raise ValueError(f"the Triton N:M kernel needs m a power of two, not {nmw.m}; use backend='torch'")
     x = x.contiguous()
     T, N = x.shape[0], nmw.values.shape[0]
     y = torch.empty(T, N, dtype=x.dtype, device=x.device)
     if T == 0:
+        return y
+    if gemv is not None or T <= GEMV_MAX_TOKENS:
+        g = gemv or GemvBlocks()
+        _nm_gemv_kernel[(T, triton.cdiv(N, g.n))](
+            x, nmw.values, nmw.cols, bias if bias is not None else nmw.values, y,
+            N, nmw.values.shape[1], x.stride(0), nmw.values.stride(0), y.stride(0),
+            HAS_BIAS=bias is not None, NKEEP=nmw.n, M=nmw.m, BLOCK_N=g.n, BLOCK_S=g.s, num_warps=g.warps,
+        )  # fmt: skip
         return y
     block_t, block_n, block_g = _block_t(T), 32, max(1, 64 // nmw.m)  # 64 inputs a step
     grid = (triton.cdiv(T, block_t), triton.cdiv(N, block_n))

@@ -6,6 +6,8 @@ weight * (h down^T) per row; a torch index_add then sums each token's rows (dete
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
@@ -99,6 +101,20 @@ def padded_blocks(
     return row_token, row_weight, block_expert
 
 
+@dataclass(frozen=True)
+class MoeBlocks:
+    """The launch: rows per expert block, output and reduction columns per tile, warps."""
+
+    t: int = 64
+    f: int = 32
+    d: int = 32
+    warps: int = 4
+
+
+def moe_blocks(x: torch.Tensor) -> MoeBlocks:
+    return MoeBlocks() if x.is_cuda else MoeBlocks(16)  # small tiles keep the interpreter quick
+
+
 def triton_moe(
     x: torch.Tensor,
     top_idx: torch.Tensor,
@@ -106,11 +122,13 @@ def triton_moe(
     gate_up: torch.Tensor,
     down: torch.Tensor,
     act: str,
+    config: MoeBlocks | None = None,
 ) -> torch.Tensor:
     """The Triton path of moe_dispatch: y [T, d]."""
     T, D = x.shape
     E, DM = down.shape[0], down.shape[2]
-    block_t = 64 if x.is_cuda else 16
+    cfg = config or moe_blocks(x)
+    block_t = cfg.t
     row_token, row_weight, block_expert = padded_blocks(*route_assignments(top_idx, top_w), E, block_t)
     P = row_token.numel()
     y = torch.zeros(T + 1, D, dtype=torch.float32, device=x.device)  # row T collects the padding rows
@@ -119,16 +137,17 @@ def triton_moe(
     x, gate_up, down = x.contiguous(), gate_up.contiguous(), down.contiguous()
     h = torch.empty(P, DM, dtype=x.dtype, device=x.device)  # in the model's dtype, like the dense path
     blocks = P // block_t
-    _gate_up_kernel[(blocks, triton.cdiv(DM, 32))](
+    _gate_up_kernel[(blocks, triton.cdiv(DM, cfg.f))](
         x, gate_up, row_token, block_expert, h,
         D, DM, x.stride(0), gate_up.stride(0), gate_up.stride(1), h.stride(0),
-        ACT=act_code(act), BLOCK_T=block_t, BLOCK_F=32, BLOCK_D=32, PRECISION=dot_precision(x.dtype),
+        ACT=act_code(act), BLOCK_T=block_t, BLOCK_F=cfg.f, BLOCK_D=cfg.d, PRECISION=dot_precision(x.dtype),
+        num_warps=cfg.warps,
     )  # fmt: skip
     out = torch.empty(P, D, dtype=torch.float32, device=x.device)
-    _down_kernel[(blocks, triton.cdiv(D, 32))](
+    _down_kernel[(blocks, triton.cdiv(D, cfg.f))](
         h, down, row_weight, block_expert, out,
         D, DM, h.stride(0), down.stride(0), down.stride(1), out.stride(0),
-        BLOCK_T=block_t, BLOCK_D=32, BLOCK_F=32, PRECISION=dot_precision(x.dtype),
+        BLOCK_T=block_t, BLOCK_D=cfg.f, BLOCK_F=cfg.d, PRECISION=dot_precision(x.dtype), num_warps=cfg.warps,
     )  # fmt: skip
     y.index_add_(0, torch.where(row_token < 0, T, row_token).long(), out)
     return y[:T].to(x.dtype)

@@ -165,7 +165,8 @@ def down_project_per_token(
 def _row_cost(w: torch.Tensor) -> float:
     """What reading one weight row on its own costs, in rows of a dense GEMM over the same matrix.
 
-    Measured on the 2-core CPU of ENVIRONMENT.md: about 4 while the matrix fits in cache, 12 when it streams.
+    Measured on a 2-core CPU with no GPU (docs/architecture.md#kernels-and-triton): about 4 while the
+    matrix fits in cache, 12 when it streams.
     """
     return 4.0 if w.numel() * w.element_size() <= 8 * 2**20 else 12.0
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 
 # Triton kernels run on the CPU under the interpreter, which must be chosen before triton is first
-# imported (ENVIRONMENT.md). A machine with a GPU can run the parity tests for real with TRITON_INTERPRET=0.
+# imported (docs/architecture.md#kernels-and-triton). A machine with a GPU can run the parity tests for
+# real with TRITON_INTERPRET=0.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from pathlib import Path  # noqa: E402

@@ -45,7 +45,7 @@ class AttentionEntropyReducer:
 
 
 class ExpertLoadReducer:
-    """f_e per layer: the share of tokens that chose expert e (PAPERS.md §3)."""
+    """f_e per layer: the share of tokens that chose expert e (docs/methods.md#load-and-balance)."""
 
     def __init__(self, n_experts: int) -> None:
         self.n_experts = n_experts

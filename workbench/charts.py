@@ -34,7 +34,7 @@ def chart_spec(chart: alt.TopLevelMixin) -> dict:
 
 
 def enable_notebook_offline() -> None:
-    """Make Altair charts render in JupyterLab with no network (see ENVIRONMENT.md)."""
+    """Make Altair charts render in JupyterLab with no network (docs/architecture.md#offline-charts)."""
     alt.renderers.enable("jupyter", offline=True)
 
 

@@ -25,8 +25,29 @@ def positive_int(text: str) -> int:
     return value
 
 
-def common_flags() -> argparse.ArgumentParser:
-    """The flags every analysis command shares."""
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, with each flag's default appended to its help unless the help states it.
+
+    Flags without a value (--json, --verify, ...) are off unless given, and flags whose default is None
+    say in their own words what happens without them.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, argparse.SUPPRESS) or action.nargs == 0 or "(default" in text:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+# What most commands do with --tokens N: a seeded random choice of whole --context windows.
+WINDOWS = (
+    "N tokens of the text (--corpus or --text), rounded up to whole --context windows chosen at random "
+    "with --seed (all of them if the text holds fewer)"
+)
+
+
+def common_flags(tokens_help: str = WINDOWS) -> argparse.ArgumentParser:
+    """The flags every analysis command shares; `tokens_help` says what the command does with --tokens N."""
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("common flags")
     g.add_argument(
@@ -35,16 +56,28 @@ def common_flags() -> argparse.ArgumentParser:
         "(default: smollm2-135m when it can be had, else tiny-relu)",
     )
     src = g.add_mutually_exclusive_group()
-    src.add_argument("--corpus", help="named corpus, NAME[:SPLIT] (default: pydocs, held-out split)")
-    src.add_argument("--text", nargs="+", metavar="FILE", help="your own .txt or .jsonl files instead")
-    g.add_argument(
-        "--tokens", type=positive_int, default=DEFAULT_TOKENS, help="tokens to use (whole windows)"
+    src.add_argument(
+        "--corpus",
+        help="named corpus, NAME[:SPLIT] (default: pydocs, held-out split; transcoder train: train split)",
     )
-    g.add_argument("--context", type=positive_int, default=DEFAULT_CONTEXT, help="window length in tokens")
+    src.add_argument("--text", nargs="+", metavar="FILE", help="your own .txt or .jsonl files instead")
+    g.add_argument("--tokens", type=positive_int, default=DEFAULT_TOKENS, metavar="N", help=tokens_help)
+    g.add_argument(
+        "--context",
+        type=positive_int,
+        default=DEFAULT_CONTEXT,
+        help="window length in tokens, at most the model's context length",
+    )
     g.add_argument("--batch-size", type=positive_int, default=8, help="windows per forward pass")
     g.add_argument("--seed", type=int, default=0, help="seed for window selection and anything random")
     g.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    g.add_argument("--out", type=Path, help="make this folder a run folder (manifest.json, results.json)")
+    g.add_argument(
+        "--out",
+        type=Path,
+        help="save the run in this folder: manifest.json, results.json (default: not saved; report makes a "
+        "new folder under $WORKBENCH_RUNS or ./runs; capture and transcoder train need --out; bench "
+        "ignores it)",
+    )
     g.add_argument("--json", action="store_true", help="print the result as JSON on stdout, nothing else")
     return p
 
@@ -118,6 +151,7 @@ def cmd_models(args: argparse.Namespace) -> dict:
                 f"{row['name']:14s} {f['architecture']:20s} layers={f['n_layers']} d_model={f['d_model']} "
                 f"d_mlp={f['d_mlp']} act={f['act_fn']} moe={f['moe']} ({state})"
             )
+            print(f"{'':14s} {row['description']}")
     return {"models": rows}
 
 
@@ -138,7 +172,9 @@ def cmd_report(args: argparse.Namespace) -> dict:
     from workbench.report import make_report
     from workbench.runs import RunFolder, read_run
 
-    label = Path(args.model).name if args.model else "default"
+    if args.out is None:  # the new folder is named after the model that the default resolves to
+        args.model = args.model or default_model(progress=True)
+    label = Path(args.model).name if args.model else "model"  # with --out the label is not used
     run = RunFolder.create(args.out, f"report-{label}", args.command_line)  # refuse a bad --out first
     included = [result for folder in args.include or [] for result in read_run(folder).results]
     with run:
@@ -224,10 +260,13 @@ def capture_flags(parser: argparse.ArgumentParser) -> None:
         help="with --attention: keep only entropy, first-token weight and max per head",
     )
     g.add_argument("--routing", action="store_true", help="router logits, top-k experts and weights (MoE)")
-    g.add_argument("--layers", type=int, nargs="+", help="only these layers")
-    g.add_argument("--heads", type=int, nargs="+", help="only these heads (with --attention)")
+    g.add_argument("--layers", type=int, nargs="+", help="only these layers (default: every layer)")
+    g.add_argument("--heads", type=int, nargs="+", help="only these heads, with --attention (default: all)")
     g.add_argument(
-        "--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="storage dtype"
+        "--dtype",
+        default="float32",
+        choices=["float32", "float16", "bfloat16"],
+        help="dtype of the stored activations and attention",
     )
     g.add_argument("--resume", action="store_true", help="continue an interrupted capture in --out")
     g.add_argument(
@@ -254,11 +293,14 @@ def bench_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("which", help="which benchmark: capture, essential, transcoder, replay")
     g = parser.add_argument_group("transcoder benchmark")
     g.add_argument(
-        "--train-tokens", type=positive_int, default=409_600, help="training budget, both trainers"
+        "--train-tokens",
+        type=positive_int,
+        default=409_600,
+        help="training budget of both trainers: train-split tokens, rounded up to whole windows",
     )
-    g.add_argument("--width", type=positive_int, help="features (default 16 × d_model)")
+    g.add_argument("--width", type=positive_int, help="features (default: 16 × d_model)")
     g.add_argument("--k", type=positive_int, default=32, help="features kept per token")
-    g.add_argument("--layer", type=int, help="MLP layer (default n_layers // 2)")
+    g.add_argument("--layer", type=int, help="MLP layer (default: n_layers // 2)")
     parser.set_defaults(tokens=4096, batch_size=4)
 
 
@@ -291,15 +333,19 @@ def cmd_sparsity(args: argparse.Namespace) -> dict:
 def sparsity_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--definition",
-        help="exact_zero (ReLU default), positive (others' default), "
-        "magnitude@P, cett@R or topk@K (PAPERS.md §1)",
+        help="when a neuron counts as active: exact_zero (ReLU default), positive (others' default), "
+        "magnitude@P, cett@R or topk@K (docs/methods.md, 'Activation sparsity')",
     )
-    parser.add_argument("--inputs", default="heldout", help="comma list of heldout, train, random")
+    parser.add_argument(
+        "--inputs",
+        default="heldout",
+        help="comma list of heldout, train (pydocs's train split), random (uniformly random token ids)",
+    )
     parser.add_argument(
         "--calibration-tokens",
         type=positive_int,
         default=2048,
-        help="train-split tokens for magnitude@P and cett@R thresholds",
+        help="train-split tokens for magnitude@P and cett@R thresholds (rounded up to whole windows)",
     )
 
 
@@ -337,16 +383,47 @@ def cmd_essential(args: argparse.Namespace) -> dict:
     if not args.json:
         print(result.table().to_string(index=False))
         print(f"essential sparsity s* = {result.essential_sparsity:.4f}, knee = {result.knee}")
+        if result.note:
+            print(f"note: {result.note}")
     return {k: v for k, v in result.to_dict().items() if k != "kind"}
 
 
 def essential_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--pattern", help="global (default), layerwise, rowwise (wanda's default), 2:4, 4:8")
-    parser.add_argument("--criterion", default="magnitude", choices=["magnitude", "random", "wanda"])
-    parser.add_argument("--levels", help="comma list of sparsities (default 0,0.1,...,0.9)")
-    parser.add_argument("--tolerance", type=float, default=0.01, help="relative loss increase allowed for s*")
-    parser.add_argument("--refine", type=int, default=3, help="bisection steps near the drop")
-    parser.add_argument("--calibration-tokens", type=positive_int, default=2048, help="for wanda's norms")
+    parser.add_argument(
+        "--pattern",
+        help="which weights compete: global (one ranking over all matrices), layerwise (per matrix), rowwise "
+        "(per output row), or N:M such as 2:4 (N kept in every M inputs, one level: 1 - N/M) "
+        "(default: global; rowwise with wanda)",
+    )
+    parser.add_argument(
+        "--criterion",
+        default="magnitude",
+        choices=["magnitude", "random", "wanda"],
+        help="what is pruned first: the smallest |W|, a seeded random order, or the smallest |W| x ||X|| "
+        "(Wanda: input norms over --calibration-tokens of the train split); "
+        "docs/methods.md, 'Essential sparsity'",
+    )
+    parser.add_argument(
+        "--levels", help="comma list of sparsities (default: 0,0.1,...,0.9; ignored for N:M patterns)"
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.01,
+        help="s* is the largest sparsity whose loss is at most (1 + this) x the dense model's loss",
+    )
+    parser.add_argument(
+        "--refine",
+        type=int,
+        default=3,
+        help="bisection steps between the last level within the tolerance and the next one",
+    )
+    parser.add_argument(
+        "--calibration-tokens",
+        type=positive_int,
+        default=2048,
+        help="train-split tokens for wanda's input norms (rounded up to whole windows)",
+    )
 
 
 def report_flags(parser: argparse.ArgumentParser) -> None:
@@ -379,6 +456,7 @@ class Command:
     help: str
     common_flags: bool = True
     extra_flags: Callable[[argparse.ArgumentParser], None] | None = None
+    tokens: str = WINDOWS  # the help of --tokens N: what exactly the command does with N
 
 
 COMMANDS: Registry[Command] = Registry("command")
@@ -390,7 +468,13 @@ COMMANDS.register(
 )
 COMMANDS.register(
     "capture",
-    Command(cmd_capture, "stream activations, attention, routing to a store", extra_flags=capture_flags),
+    Command(
+        cmd_capture,
+        "stream activations, attention, routing to a store",
+        extra_flags=capture_flags,
+        tokens="exactly N tokens (all of them if the text holds fewer): whole --context windows chosen at "
+        "random with --seed, the last one cut short",
+    ),
 )
 COMMANDS.register(
     "inspect",
@@ -399,7 +483,13 @@ COMMANDS.register(
 
 COMMANDS.register(
     "bench",
-    Command(cmd_bench, "benchmarks that print ratios against same-run baselines", extra_flags=bench_flags),
+    Command(
+        cmd_bench,
+        "benchmarks that print ratios against same-run baselines",
+        extra_flags=bench_flags,
+        tokens=f"{WINDOWS}; capture and essential run over all of them, transcoder evaluates on them (and "
+        "trains on --train-tokens), replay times only the first --batch-size windows",
+    ),
 )
 
 COMMANDS.register(
@@ -408,6 +498,9 @@ COMMANDS.register(
         cmd_sparsity,
         "lazy-neuron activation density per layer, input kind and domain",
         extra_flags=sparsity_flags,
+        tokens="N tokens for each input kind, rounded up to whole --context windows: windows of the text "
+        "(heldout) or of the train split (train) chosen at random with --seed, all of them if it holds "
+        "fewer; random token ids (random) drawn with --seed",
     ),
 )
 
@@ -435,6 +528,10 @@ COMMANDS.register(
         lazy("workbench.transcoders.commands", "cmd_transcoder"),
         "train and evaluate transcoders (sparse MLP replacements)",
         extra_flags=lazy("workbench.transcoders.commands", "transcoder_flags"),
+        tokens="train: N training tokens, as N // --batch-tokens optimiser steps of --batch-tokens tokens "
+        "(at least one) from the train split's windows (reused when exhausted) or from --store "
+        "(default: 2000000); eval: N tokens of the text, rounded up to whole --context windows chosen at "
+        "random with --seed (default: 16384)",
     ),
 )
 
@@ -444,6 +541,7 @@ COMMANDS.register(
         lazy("workbench.replay.commands", "cmd_replay"),
         "apply edits (masks, top-k, skips, pruning, splices) and measure their effect, replaying from L",
         extra_flags=lazy("workbench.replay.commands", "replay_flags"),
+        tokens=f"{WINDOWS}, replayed --batch-size windows at a time",
     ),
 )
 
@@ -453,24 +551,39 @@ COMMANDS.register(
         lazy("workbench.replay.commands", "cmd_finercut"),
         "greedy sublayer removal: the loss as attention / MLP sublayers are removed least-harm first",
         extra_flags=lazy("workbench.replay.commands", "finercut_flags"),
+        tokens=f"{WINDOWS}, on which the loss after each removal is reported (removals are chosen on "
+        "--calibration-tokens)",
     ),
 )
 
 COMMANDS.register(
     "essential",
-    Command(cmd_essential, "one-shot pruning sweep and essential sparsity s*", extra_flags=essential_flags),
+    Command(
+        cmd_essential,
+        "one-shot pruning sweep and essential sparsity s*",
+        extra_flags=essential_flags,
+        tokens=f"{WINDOWS}; every sparsity level is evaluated on the same windows",
+    ),
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="workbench", description="Interpretability and sparsity workbench.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    """The whole command line; imports no heavy module (torch, transformers, pandas, ...): --help is quick."""
+    parser = argparse.ArgumentParser(
+        prog="workbench",
+        description="Interpretability and sparsity workbench.",
+        epilog="workbench COMMAND --help describes a command and its flags; docs/methods.md defines every "
+        "measurement.",
+        formatter_class=HelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
     for name in COMMANDS:
         command = COMMANDS.get(name)
+        about = {"help": command.help, "description": command.help, "formatter_class": HelpFormatter}
         if command.common_flags:
-            p = sub.add_parser(name, help=command.help, parents=[common_flags()])
+            p = sub.add_parser(name, parents=[common_flags(command.tokens)], **about)
         else:
-            p = sub.add_parser(name, help=command.help)
+            p = sub.add_parser(name, **about)
             p.add_argument("--json", action="store_true", help="print JSON on stdout, nothing else")
         if command.extra_flags:
             command.extra_flags(p)

@@ -1,9 +1,10 @@
-"""Essential sparsity (PAPERS.md §2): one-shot pruning sweeps with no retraining, weights as released.
+"""Essential sparsity (docs/methods.md#essential-sparsity): one-shot pruning sweeps, no retraining.
 
 One ordering per pattern (`PruningPlan`), a mask per level derived from it, the weights zeroed in
 place for one evaluation and restored bitwise after it: no reload, no re-sort. s* is the largest
 sparsity whose held-out loss stays within `tolerance` (relative) of the dense model, refined by
-bisection between the last grid level that passes and the first that fails (ours, PAPERS.md §2).
+bisection between the last grid level that passes and the first that fails (ours;
+docs/methods.md#sweep-and-threshold). Weights are pruned as stored in the checkpoint (not folded).
 """
 
 from __future__ import annotations
@@ -81,6 +82,53 @@ def knee(curve: list[dict]) -> float | None:
     return points[1 + max(range(len(second)), key=second.__getitem__)][0]
 
 
+def explain(
+    curve: list[dict], tolerance: float, s_star: float, pattern: str, fixed_sparsity: float | None = None
+) -> str:
+    """Why s* and the knee came out as they did, in words, where the numbers alone would puzzle.
+
+    Said: an N:M pattern's single level; s* = 0 (the first level above 0 already exceeds the tolerance);
+    s* at the largest level tried (the sweep did not reach the drop); a null knee (fewer than 3 levels).
+    Empty otherwise: s* then lies between a level within the tolerance and a larger one beyond it.
+    """
+    points = sorted(curve, key=lambda p: p["sparsity"])
+    dense = points[0]["loss"]
+    tried = [p for p in points if p["sparsity"] > 0]
+
+    def rise(p: dict) -> str:
+        return f"loss {p['loss']:.4f} ({p['loss'] / dense - 1:+.2%} over the dense {dense:.4f})"
+
+    notes = []
+    if fixed_sparsity is not None:
+        notes.append(
+            f"The {pattern} pattern has only one sparsity level, 1 - N/M = {fixed_sparsity:g}: the sweep "
+            "evaluates the dense model and that level, with no grid and no bisection."
+        )
+    if not tried:
+        notes.append("No sparsity above 0 was evaluated, so s* = 0.")
+    elif s_star == 0.0:
+        first = tried[0]
+        which = "that level" if fixed_sparsity is not None else "the smallest level tried"
+        notes.append(
+            f"At {which}, {first['sparsity']:g}, the {rise(first)} exceeds the tolerance of "
+            f"{tolerance:.2%}, and no level tried above 0 keeps the loss within it, so s* = 0."
+        )
+    elif s_star == tried[-1]["sparsity"]:
+        last = tried[-1]
+        tail = (
+            "the pattern's only level"
+            if fixed_sparsity is not None
+            else "a lower bound: none larger was tried"
+        )
+        notes.append(
+            f"The largest level tried, {s_star:g}, keeps the {rise(last)} within the tolerance of "
+            f"{tolerance:.2%}, so s* = {s_star:g}, {tail}."
+        )
+    if len(points) < 3:
+        notes.append(f"The knee needs at least 3 levels and the sweep has {len(points)}, so it is null.")
+    return " ".join(notes)
+
+
 @register_result
 @dataclass
 class EssentialResult(Result):
@@ -96,6 +144,7 @@ class EssentialResult(Result):
     curve: list[dict]
     provenance: Provenance
     timing: dict = field(default_factory=dict)
+    note: str = ""  # why s* and the knee are what they are, when the numbers alone would puzzle (`explain`)
 
     def table(self) -> pd.DataFrame:
         rows = [{k: p[k] for k in ("sparsity", "loss", "perplexity", "accuracy")} for p in self.curve]
@@ -202,6 +251,7 @@ def sweep(
         "evaluations": len(results),
         "total_seconds": time.perf_counter() - t0,
     }
+    note = explain(curve, tolerance, best, pattern, plan.fixed_sparsity)
     return EssentialResult(
-        handle.name, pattern, criterion, tolerance, best, knee(curve), curve, provenance, timing
+        handle.name, pattern, criterion, tolerance, best, knee(curve), curve, provenance, timing, note
     )

@@ -1,4 +1,6 @@
-"""What an MLP neuron's activation is, defined once (PAPERS.md §1) for every analysis that needs it.
+"""What an MLP neuron's activation is, defined once for every analysis that needs it.
+
+See docs/methods.md#neuron-activations.
 
 - Non-gated MLP: a = σ(W_in·h + b), hook `blocks.{l}.mlp.hook_post`; pre-activation `mlp.hook_pre`.
 - Gated MLP (SwiGLU): a = SiLU(W_gate·h) ⊙ (W_up·h), the product that meets W_out, which TransformerLens

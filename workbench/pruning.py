@@ -1,4 +1,4 @@
-"""One-shot weight pruning core (PAPERS.md §2, essential sparsity): scope, scores, orderings, masks.
+"""One-shot weight pruning core (docs/methods.md#essential-sparsity): scope, scores, orderings, masks.
 
 Scope (the reference one): the attention Q, K, V (or fused QKV), O and MLP in / gate / out matrices of every
 block, shared experts and each routed expert included. Never pruned: embeddings, the unembedding (lm_head),

@@ -19,6 +19,7 @@ table { border-collapse: collapse; font-size: 0.9rem; margin: 0.5rem 0; }
 td, th { border: 1px solid #ddd; padding: 0.2rem 0.6rem; text-align: left; }
 .charts { display: flex; flex-wrap: wrap; gap: 1rem; } .chart { min-height: 120px; }
 .definition { color: #555; font-size: 0.85rem; } details { font-size: 0.85rem; }
+.note { border-left: 3px solid #c90; padding-left: 0.6rem; }
 """
 
 
@@ -29,9 +30,11 @@ def _section(index: int, result, specs: dict[str, dict]) -> str:
         specs[div_id] = chart_spec(chart)
         charts.append(f'<div class="chart" id="{div_id}" data-chart="{escape(name)}"></div>')
     table = result.table().to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0)
+    note = getattr(result, "note", "")  # a result's own word on an odd-looking outcome (e.g. s* = 0)
+    note_html = f'<p class="note">{escape(note)}</p>' if note else ""
     return (
         f'<section id="{escape(result.kind)}"><h2>{escape(result.title)}</h2>'
-        f'<p class="definition">{escape(result.provenance.definition)}</p>{table}'
+        f'<p class="definition">{escape(result.provenance.definition)}</p>{note_html}{table}'
         f'<div class="charts">{"".join(charts)}</div></section>'
     )
 

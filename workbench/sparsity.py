@@ -1,4 +1,4 @@
-"""Lazy-neuron activation sparsity (PAPERS.md §1): how few MLP neurons are active per token.
+"""Lazy-neuron activation sparsity (docs/methods.md#activation-sparsity): how few MLP neurons fire per token.
 
 A definition says when neuron i is active for token t (`exact_zero`, `positive`, `magnitude@p`,
 `cett@r`, `topk@k`). Density ρ_l(t) = share of layer l's neurons active for token t. Everything is
@@ -35,7 +35,7 @@ class Definition:
         if not _SPEC.match(text):
             raise WorkbenchError(
                 f"Unknown sparsity definition {text!r}. Use exact_zero, positive, magnitude@P (0<P<1), "
-                "cett@R (0<R<1) or topk@K (PAPERS.md §1)."
+                "cett@R (0<R<1) or topk@K (docs/methods.md#activity-definitions)."
             )
         kind, _, param = text.partition("@")
         return cls(text, kind, float(param) if param else None)

@@ -74,6 +74,17 @@ def test_report_writes_a_run_folder_whose_results_parse(checkpoints, tmp_path, c
     assert html.count('class="chart"') == 8  # 5 of the evaluation, 3 of the routing section
 
 
+def test_report_folder_is_named_after_the_resolved_model(checkpoints, tmp_path, monkeypatch, capsys):
+    """Without --model and --out, the new run folder carries the model the default resolved to."""
+    monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setattr("workbench.cli.default_model", lambda progress=True: str(checkpoints["gpt2"]))
+    assert main(["report", "--tokens", "64", "--context", "16", "--json"]) == 0
+    body = json.loads(capsys.readouterr().out)
+    (folder,) = (tmp_path / "runs").iterdir()
+    assert folder.name.endswith("-report-gpt2"), folder.name  # was "...-report-default"
+    assert body["run"] == str(folder.resolve())
+
+
 def test_models_json_lists_named_models_with_facts(capsys):
     assert main(["models", "--json"]) == 0
     body = json.loads(capsys.readouterr().out)

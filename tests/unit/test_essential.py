@@ -9,7 +9,7 @@ import torch
 
 from workbench.cli import main
 from workbench.corpus import load_corpus, make_windows
-from workbench.essential import knee, sweep
+from workbench.essential import explain, knee, sweep
 from workbench.models import load_model
 
 
@@ -94,3 +94,42 @@ def test_wanda_defaults_to_rowwise_with_train_calibration(criterion, capsys):
     )
     body = json.loads(capsys.readouterr().out)
     assert body["pattern"] == "rowwise" and body["provenance"]["settings"]["calibration"]["split"] == "train"
+
+
+def test_explain_says_why_an_nm_sweep_gives_s_star_0_and_no_knee():
+    """The 2:4 case of tiny-relu: one level, 0.5, whose loss rises 4 % against a 1 % tolerance."""
+    curve = [{"sparsity": 0.0, "loss": 3.8514}, {"sparsity": 0.5, "loss": 4.0076}]
+    note = explain(curve, 0.01, 0.0, "2:4", fixed_sparsity=0.5)
+    assert "only one sparsity level, 1 - N/M = 0.5" in note
+    assert "+4.06% over the dense 3.8514" in note and "tolerance of 1.00%" in note and "s* = 0." in note
+    assert "knee needs at least 3 levels and the sweep has 2" in note
+
+
+def test_explain_covers_the_other_odd_outcomes_and_stays_quiet_otherwise():
+    def curve(*points):
+        return [{"sparsity": s, "loss": loss} for s, loss in points]
+
+    within = explain(curve((0, 1.0), (0.5, 1.001)), 0.01, 0.5, "2:4", fixed_sparsity=0.5)
+    assert "s* = 0.5, the pattern's only level" in within
+    grid = curve((0, 1.0), (0.1, 1.001), (0.2, 1.002), (0.3, 1.003))
+    assert "lower bound: none larger was tried" in explain(grid, 0.01, 0.3, "global")
+    steep = curve((0, 1.0), (0.1, 1.5), (0.2, 2.0), (0.05, 1.2), (0.025, 1.1))
+    assert "At the smallest level tried, 0.025," in explain(steep, 0.01, 0.0, "global")
+    usual = curve((0, 1.0), (0.1, 1.001), (0.2, 1.5), (0.15, 1.002))
+    assert explain(usual, 0.01, 0.15, "global") == ""
+
+
+def test_an_nm_sweep_explains_itself_in_json_text_and_report(checkpoints, tmp_path, capsys):
+    from html import escape
+
+    from workbench.report import write_report
+
+    flags = ["essential", "--model", str(checkpoints["gpt2"]), "--pattern", "2:4", "--tokens", "64"]
+    flags += ["--context", "16"]
+    assert main([*flags, "--json", "--out", str(tmp_path / "run")]) == 0
+    body = json.loads(capsys.readouterr().out)
+    assert [p["sparsity"] for p in body["curve"]] == [0.0, 0.5] and body["knee"] is None
+    assert "only one sparsity level" in body["note"] and "knee needs at least 3 levels" in body["note"]
+    assert main(flags) == 0
+    assert "note: The 2:4 pattern has only one sparsity level" in capsys.readouterr().out
+    assert escape(body["note"]) in write_report(tmp_path / "run").read_text()

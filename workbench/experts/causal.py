@@ -1,4 +1,7 @@
-"""Causal specialization: mask one expert at a time and measure the loss change per domain (PAPERS.md §3)."""
+"""Causal specialization: mask one expert at a time and measure the loss change per domain.
+
+Definitions: docs/methods.md#causal-specialization-by-expert-masking.
+"""
 
 from __future__ import annotations
 
@@ -16,10 +19,11 @@ from workbench.probes.routing import moe_layers
 from workbench.results import Provenance, Result, register_result
 
 DEFINITION = (
-    "PAPERS.md §3, causal specialization: held-out next-token cross-entropy (nats/token) with one expert "
+    "Causal specialization: held-out next-token cross-entropy (nats/token) with one expert "
     "of one layer masked, minus the unmasked loss, overall and per domain. Modes: reroute (the expert's "
     "router logit set to −inf before top-k; tokens take their next-best expert) or drop (the other k−1 "
-    "choices kept, weights scaled back to the original sum)."
+    "choices kept, weights scaled back to the original sum). "
+    "See docs/methods.md#causal-specialization-by-expert-masking."
 )
 
 

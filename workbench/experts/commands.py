@@ -50,7 +50,9 @@ def experts_flags(parser: argparse.ArgumentParser) -> None:
         choices=["reroute", "drop"],
         help="also mask each expert in turn and report the loss increase per (layer, expert, domain)",
     )
-    parser.add_argument("--mask-layers", type=int, nargs="+", help="with --mask: only these layers")
+    parser.add_argument(
+        "--mask-layers", type=int, nargs="+", help="with --mask: only these layers (default: every layer)"
+    )
 
 
 def cmd_moefy(args: argparse.Namespace) -> dict:
@@ -88,11 +90,21 @@ def moefy_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--k", type=positive_int, default=2, help="groups kept per token for the routing stats"
     )
-    parser.add_argument("--method", default="kmeans", choices=["kmeans", "coactivation", "random"])
+    parser.add_argument(
+        "--method",
+        default="kmeans",
+        choices=["kmeans", "coactivation", "random"],
+        help="how neurons are grouped: balanced k-means of their input weights, clusters of the "
+        "co-activation graph on the train tokens, or a seeded random split (the chance baseline)",
+    )
     parser.add_argument(
         "--train-tokens",
         type=positive_int,
         default=8192,
         help="train-split tokens for the routers (and the co-activation graph)",
     )
-    parser.add_argument("--labels", default="domain,token_class,position", help="labels for routing stats")
+    parser.add_argument(
+        "--labels",
+        default="domain,token_class,position",
+        help="comma list of the labels whose mutual information with the learned routing is reported",
+    )

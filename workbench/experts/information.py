@@ -1,4 +1,4 @@
-"""Entropy and mutual information of count tables, in nats (PAPERS.md §3).
+"""Entropy and mutual information of count tables, in nats (docs/methods.md#specialization-against-labels).
 
 Tables are joint counts (or weights) n[x, y]; rows and columns with no mass are allowed.
 """

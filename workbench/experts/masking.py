@@ -1,4 +1,6 @@
-"""Expert masking by router hooks (PAPERS.md §3), self-contained so the replay engine can reuse it.
+"""Expert masking by router hooks, self-contained so the replay engine can reuse it.
+
+Definitions: docs/methods.md#causal-specialization-by-expert-masking.
 
 - `reroute` (default): the masked experts' router logits are set to −∞ before top-k, so each token
   picks its next-best expert; weights come from the router's own rule (softmax, top-k, re-normalised

@@ -1,4 +1,4 @@
-"""MoEfication (PAPERS.md §3): read a dense MLP as E experts and measure how much the best k carry.
+"""MoEfication (docs/methods.md#moefication): read a dense MLP as E experts; how much do the best k carry?
 
 Per layer: the neurons are split into E groups (`partition`); a group's score for a token is
 Σ_{i∈group} max(a_i, 0). Each token keeps its best k groups, chosen either by the true scores (oracle
@@ -330,14 +330,15 @@ def partition_layers(
 
 
 DEFINITION = (
-    "PAPERS.md §3 MoEfication. Groups: {method} ({n} groups of d_mlp/E neurons). Score of group g for a "
+    "MoEfication. Groups: {method} ({n} groups of d_mlp/E neurons). Score of group g for a "
     "token: Σ_{{i∈g}} max(a_i, 0), a the neuron activation meeting W_out. captured_mass@k = share of Σ_g "
     "score in the token's best k groups; captured_output@k = 1 − ‖y − y_k‖/‖y‖, y = Σ_i a_i W_out[i] (no "
     "bias), y_k over the kept groups' neurons; means over held-out tokens. Oracle routing keeps the k "
     "highest true scores; _router keeps the k highest outputs of a router (Linear {hidden} → ReLU → "
     "Linear) trained on train-split tokens' MLP input by cross-entropy to s_g/Σs. router_recall = share "
     "of the oracle top-k the router finds. routing = the router's top-k choices measured like an MoE's "
-    "(see the experts result's definition)."
+    "(see the experts result's definition). "
+    "See docs/methods.md#moefication."
 )
 
 

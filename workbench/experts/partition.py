@@ -1,4 +1,4 @@
-"""Split a dense MLP's neurons into E equal groups ("experts"), for MoEfication (PAPERS.md §3).
+"""Split a dense MLP's neurons into E equal groups ("experts"), for MoEfication (docs/methods.md#moefication).
 
 Two methods, as in MoEfication (Zhang et al. 2022):
 - `kmeans`: balanced k-means on the neurons' input weight vectors (W_in rows; [W_gate; W_up] for gated

@@ -1,4 +1,6 @@
-"""Routing statistics folded in flight, per MoE layer (PAPERS.md §3); memory does not grow with tokens.
+"""Routing statistics folded in flight, per MoE layer; memory does not grow with tokens.
+
+Definitions: docs/methods.md#expert-routing-and-specialization.
 
 For each layer: expert load, router probability mass, router entropy per token, the co-selection
 matrix, one expert × label table per label (assignments weighted 1/k), and the joint table of

@@ -21,7 +21,7 @@ from workbench.models import ModelHandle, load_model
 from workbench.results import Provenance, Result, register_result
 
 DEFINITION = (
-    "PAPERS.md §3. load f_e = share of tokens whose top-k holds e (sums to k); load_cv = std/mean of f "
+    "load f_e = share of tokens whose top-k holds e (sums to k); load_cv = std/mean of f "
     "(population std); load_entropy = H(f/k)/log E; balance_loss = E·Σ_e (f_e/k)·P_e, P_e the mean router "
     "probability (1 when balanced); router entropy = H(softmax(r_t)) in nats, mean over tokens; "
     "spec(e, D) = #{t∈D: e chosen}/#{t∈D} against the uniform k/E; NMI(expert; label) = I/min(H(expert), "
@@ -29,7 +29,8 @@ DEFINITION = (
     "NMI of layer l's and layer l+1's choices, k×k pairs per token weighted 1/k². Labels: domain (of the "
     "token's document), token_class (letters, digits, punctuation, whitespace, mixed, special: of the "
     "token's decoded text, stripped), position (in the document: 0, 1-3, 4-15, 16-63, 64-255, 256+), "
-    "token id."
+    "token id. "
+    "See docs/methods.md#expert-routing-and-specialization."
 )
 SUMMARY_KEYS = ("layer", "load_cv", "router_entropy_mean", "nmi", "adjacent_nmi")
 

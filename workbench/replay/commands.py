@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import time
 
-import torch
-
 from workbench.cli import load_inputs, optional_run, positive_int, record
 
 REPLAY_TOKENS = 512  # a few windows: the cached run keeps log-probabilities [tokens, vocab]
 
 
 def cmd_replay(args: argparse.Namespace) -> dict:
+    import torch
     from tqdm import tqdm
 
     from workbench.kernels.dispatch import triton_disabled
@@ -72,6 +71,8 @@ def cmd_replay(args: argparse.Namespace) -> dict:
 
 def _check_kernels(handle, backend: str | None) -> None:
     """Refuse up front, with what to do, a backend that cannot run here (e.g. Triton on a CPU)."""
+    import torch
+
     from workbench.errors import WorkbenchError
     from workbench.kernels.dispatch import use_triton
 

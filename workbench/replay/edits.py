@@ -1,6 +1,8 @@
-"""Edits as data (PAPERS.md §5): each kind is a small frozen dataclass, registered by name, JSON round-trip.
+"""Edits as data: each kind is a small frozen dataclass, registered by name, JSON round-trip.
 
-An edit says *what* changes, never how it is run: the replay engine (`compile.py`) and the hook-based
+Definitions: docs/methods.md#edit-kinds.
+
+An edit says *what* changes, never how it is run: the replay engine (`plan.py`) and the hook-based
 reference (`hooked.py`) each read the same edit. A list of edits is applied together. On one MLP, neuron
 masks act first (a static set), then top-k and threshold edits in list order.
 """

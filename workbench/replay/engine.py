@@ -1,6 +1,6 @@
 """The replay engine: run a batch once unedited, keep the residual stream at every layer boundary, then
-replay any list of edits from the first layer it touches (PAPERS.md §5; DESIGN.md "never recompute
-what is cached").
+replay any list of edits from the first layer it touches (docs/methods.md#edits-and-replay; never
+recompute what is cached: docs/architecture.md#performance-principles).
 """
 
 from __future__ import annotations

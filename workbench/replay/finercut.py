@@ -1,5 +1,6 @@
-"""FinerCut-style greedy sublayer removal (PAPERS.md §5): remove, one at a time, the attention or MLP
-sublayer whose removal changes the model's output least, and trace the loss as sublayers go.
+"""FinerCut-style greedy sublayer removal (docs/methods.md#greedy-sublayer-removal): remove, one at a
+time, the attention or MLP sublayer whose removal changes the model's output least, and trace the loss
+as sublayers go.
 
 "Changes the output least" = smallest mean KL(base ‖ pruned) of the next-token distribution on a
 calibration batch; the loss curve is measured on separate held-out windows. Each candidate is replayed

@@ -30,11 +30,12 @@ from workbench.replay.stack import Stack
 from workbench.results import Provenance, Result, register_result
 
 DEFINITION = (
-    "Replay (PAPERS.md §5): the unedited run is cached (residual stream at every layer boundary); an edit "
+    "Replay: the unedited run is cached (residual stream at every layer boundary); an edit "
     "list recomputes layers >= its first layer. ce = mean next-token cross-entropy (nats) over the batch; "
     "kl = mean over positions of KL(base ‖ edited) of the next-token distribution; top1_agreement = share "
     "of positions whose argmax token is unchanged; resid_deviation[l] = mean over tokens of "
-    "‖r_edited − r_base‖ / ‖r_base‖ for the residual entering layer l (l = n_layers: after the last block)."
+    "‖r_edited − r_base‖ / ‖r_base‖ for the residual entering layer l (l = n_layers: after the last block). "
+    "See docs/methods.md#effects-of-an-edit."
 )
 PLAN_CACHE = 16  # compiled edit lists kept per session
 PRUNED_PLAN_CACHE = 2  # of which with weight pruning (each holds masked copies of the weights it prunes)

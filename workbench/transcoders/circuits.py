@@ -1,4 +1,4 @@
-"""Circuits through transcoders (PAPERS.md §4): which upstream features drive a target, and how much.
+"""Circuits through transcoders: which upstream features drive a target, and how much.
 
 A target is a direction g in the residual stream at one token t: a downstream transcoder feature's
 pre-activation (its encoder column pulled back through that layer's MLP norm) or a logit (an
@@ -17,6 +17,8 @@ downstream feature's own attribution graph is the next step of the walk.
 
 `connection_scores` is the input-invariant part alone: f_dec,i · (γ ⊙ f_enc,j) for features of two
 transcoders, through the residual stream (norm scale dropped).
+
+Definitions: docs/methods.md#circuits-through-transcoders.
 """
 
 from __future__ import annotations

@@ -126,16 +126,31 @@ def transcoder_flags(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(tokens=None)  # train: 2,000,000 training tokens; eval: 16,384 held-out tokens
     g = parser.add_argument_group("train")
     g.add_argument("--layer", type=int, help="MLP layer (default: n_layers // 2)")
-    g.add_argument("--arch", default="topk", choices=["topk", "relu"])
-    g.add_argument("--width", type=positive_int, help="features (default 32 × d_model)")
+    g.add_argument(
+        "--arch",
+        default="topk",
+        choices=["topk", "relu"],
+        help="topk keeps the --k largest features per token; relu trains with an L1 penalty (--l1)",
+    )
+    g.add_argument("--width", type=positive_int, help="features (default: 32 × d_model)")
     g.add_argument("--k", type=positive_int, default=32, help="topk: features kept per token")
     g.add_argument("--l1", type=float, help="relu: L1 coefficient λ (default 3e-3, see the loss in train.py)")
     g.add_argument("--skip", action="store_true", help="add a linear skip connection x W_skipᵀ")
     g.add_argument("--store", type=Path, help="train from this paired capture store instead of the model")
     g.add_argument("--batch-tokens", type=positive_int, default=1024, help="tokens per optimiser step")
     g.add_argument("--lr", type=float, help="learning rate (default: 2e-4/sqrt(width/2^14) topk, 4e-4 relu)")
-    g.add_argument("--dead-tokens", type=positive_int, default=500_000, help="tokens without firing = dead")
-    g.add_argument("--remedy", choices=["auxk", "resample", "none"], help="for dead features")
+    g.add_argument(
+        "--dead-tokens",
+        type=positive_int,
+        default=500_000,
+        help="a feature is dead after this many tokens without firing (or 1/40 of a shorter run)",
+    )
+    g.add_argument(
+        "--remedy",
+        choices=["auxk", "resample", "none"],
+        help="for dead features: auxk, an auxiliary loss on the top dead features (topk only); resample, "
+        "re-initialise them (relu only); or none (default: auxk for topk, resample for relu)",
+    )
     g.add_argument("--checkpoint-every", type=positive_int, default=200, help="steps between checkpoints")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     e = parser.add_argument_group("eval")

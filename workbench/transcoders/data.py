@@ -35,8 +35,8 @@ class Batch:
 @torch.inference_mode()
 def mlp_pairs_of(handle: ModelHandle, layer: int, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(x, y) of every token of `tokens` [b, pos], flattened; the forward stops after the MLP."""
-    from workbench.probes.capture import ActivationProbe, attached
     from workbench.probes.base import ForwardDone
+    from workbench.probes.capture import ActivationProbe, attached
 
     probe = ActivationProbe(list(mlp_hooks(layer)))
     probe.fields(handle, tokens.shape[1])

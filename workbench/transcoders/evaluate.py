@@ -1,4 +1,4 @@
-"""Evaluating a transcoder (PAPERS.md §4): reconstruction, sparsity, and the model with it spliced in.
+"""Evaluating a transcoder (docs/methods.md#evaluation-metrics): reconstruction, sparsity, splicing.
 
 Per batch, three forward passes over the same tokens: clean (also giving x and y), spliced (the MLP's
 output replaced by the transcoder's), zero-ablated. Everything is folded per domain:

@@ -1,4 +1,6 @@
-"""The transcoder itself (PAPERS.md §4): x (the MLP's input) → z (sparse features) → ŷ (the MLP's output).
+"""The transcoder itself: x (the MLP's input) → z (sparse features) → ŷ (the MLP's output).
+
+Definitions: docs/methods.md#architecture-and-training.
 
 z = ReLU(x W_enc + b_enc), then either an L1 penalty on z (`relu`, the paper's) or only the k largest
 kept (`topk`, EleutherAI sparsify's); ŷ = z W_dec + b_dec (+ x W_skipᵀ with a skip connection).

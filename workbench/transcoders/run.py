@@ -23,9 +23,10 @@ from workbench.transcoders.saelens import load_saelens, save_saelens
 from workbench.transcoders.train import CHECKPOINT, TrainConfig, Trainer, load_transcoder, save_transcoder
 
 DEFINITION = (
-    "PAPERS.md §4. Transcoder from the MLP's input (blocks.L.mlp.hook_in, the normalised residual) to its "
+    "Transcoder from the MLP's input (blocks.L.mlp.hook_in, the normalised residual) to its "
     "output (blocks.L.mlp.hook_out). Loss: batch FVU (+ λ·mean Σz/RMS‖y‖ for relu; + α·AuxK FVU of dead "
-    "features for topk); Adam, linear warm-up, linear decay over the last fifth; unit-norm decoder rows."
+    "features for topk); Adam, linear warm-up, linear decay over the last fifth; unit-norm decoder rows. "
+    "See docs/methods.md#architecture-and-training."
 )
 
 
