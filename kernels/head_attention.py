@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from workbench.kernels.dispatch import use_triton
+from workbench.kernels.dispatch import triton_wins_head_attention, use_triton
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_of_head: torch.Tensor) -> None:
@@ -46,7 +46,7 @@ def head_masked_attention(
 ) -> torch.Tensor:
     """z [B, Hk, T, dh]: causal attention of kept query heads q [B, Hk, T, dh] over k, v [B, KV, T, dh]."""
     _check(q, k, v, kv_of_head)
-    if use_triton(q, k, v, kv_of_head, backend=backend):
+    if use_triton(q, k, v, kv_of_head, backend=backend, triton_wins=triton_wins_head_attention(q.shape[-1])):
         from workbench.kernels._triton_head_attention import triton_head_attention
 
         return triton_head_attention(q, k, v, kv_of_head, scale)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from workbench.kernels.dispatch import use_triton
+from workbench.kernels.dispatch import triton_wins_block_masked, triton_wins_nm, use_triton
 
 
 def masked_matmul_reference(
@@ -32,7 +32,7 @@ class NMWeight:
     """An N:M-sparse weight: per row, n slots for each group of m inputs (zero-padded where fewer kept)."""
 
     values: torch.Tensor  # [N, K*n/m]: slot s of group g at column g*n + s
-    cols: torch.Tensor  # int16 [N, K*n/m]: the slot's offset inside its group, 0..m-1
+    cols: torch.Tensor  # uint8 [N, K*n/m] (int16 if m > 256): the slot's offset inside its group, 0..m-1
     K: int
     n: int
     m: int
@@ -68,7 +68,8 @@ def nm_compress(w: torch.Tensor, mask: torch.Tensor, n: int, m: int) -> NMWeight
     order = torch.argsort((~groups).to(torch.int8), dim=-1, stable=True)[..., :n]  # [N, G, n]
     kept = groups.gather(-1, order)
     values = torch.where(kept, w.view(N, K // m, m).gather(-1, order), 0.0).reshape(N, -1)
-    cols = torch.where(kept, order, 0).to(torch.int16).reshape(N, -1)
+    # one byte per slot while offsets fit: on a GPU the kernel reads these beside the values
+    cols = torch.where(kept, order, 0).to(torch.uint8 if m <= 256 else torch.int16).reshape(N, -1)
     return NMWeight(values.contiguous(), cols.contiguous(), K, n, m)
 
 
@@ -76,7 +77,8 @@ def nm_matmul(
     x: torch.Tensor, nmw: NMWeight, bias: torch.Tensor | None = None, backend: str | None = None
 ) -> torch.Tensor:
     """y [..., N] = x [..., K] @ dense(nmw)^T + bias; on a GPU it reads only the compressed weight."""
-    if use_triton(x, nmw.values, backend=backend):
+    tokens = x.numel() // max(1, x.shape[-1])
+    if use_triton(x, nmw.values, backend=backend, triton_wins=triton_wins_nm(tokens, nmw.n, nmw.m)):
         from workbench.kernels._triton_masked_matmul import triton_nm_matmul
 
         flat = x.reshape(-1, x.shape[-1])
@@ -94,6 +96,7 @@ class BlockMaskedWeight:
     tile_cols: torch.Tensor  # int32 [occupied tiles]
     block_n: int
     block_k: int
+    live_tiles: float = 1.0  # the share of tiles holding any kept weight (the dispatcher reads it)
 
     @classmethod
     def from_mask(
@@ -113,14 +116,16 @@ class BlockMaskedWeight:
         tile_ptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)]).to(torch.int32)
         tile_cols = occupancy.nonzero()[:, 1].to(torch.int32)  # row-major: grouped by tile row
         weight = (w * mask.to(w.dtype)).contiguous()
-        return cls(weight, occupancy, tile_ptr, tile_cols, block_n, block_k)
+        live = float(counts.sum()) / max(1, occupancy.numel())
+        return cls(weight, occupancy, tile_ptr, tile_cols, block_n, block_k, live)
 
 
 def block_masked_matmul(
     x: torch.Tensor, bw: BlockMaskedWeight, bias: torch.Tensor | None = None, backend: str | None = None
 ) -> torch.Tensor:
     """y [..., N] = x [..., K] @ bw.weight^T + bias; on a GPU all-zero weight tiles are never read."""
-    if use_triton(x, bw.weight, backend=backend):
+    tokens = x.numel() // max(1, x.shape[-1])
+    if use_triton(x, bw.weight, backend=backend, triton_wins=triton_wins_block_masked(tokens, bw.live_tiles)):
         from workbench.kernels._triton_masked_matmul import triton_block_masked_matmul
 
         flat = x.reshape(-1, x.shape[-1])

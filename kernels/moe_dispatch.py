@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from workbench.kernels.activation import activation_fn
-from workbench.kernels.dispatch import use_triton
+from workbench.kernels.dispatch import triton_wins_moe, use_triton
 
 
 def moe_reference(
@@ -72,7 +72,9 @@ def moe_dispatch(
 ) -> torch.Tensor:
     """y [T, d] of x [T, d] routed to experts top_idx [T, k] with weights top_w [T, k], dead ones skipped."""
     _check(x, top_idx, top_w, gate_up, down)
-    if use_triton(x, top_idx, top_w, gate_up, down, backend=backend):
+    if use_triton(
+        x, top_idx, top_w, gate_up, down, backend=backend, triton_wins=triton_wins_moe(gate_up.shape[0])
+    ):
         from workbench.kernels._triton_moe import triton_moe
 
         return triton_moe(x, top_idx, top_w, gate_up, down, act)

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -214,6 +215,23 @@ def test_per_token_sets_triton(triton_device, gated, bias, act):
     assert_close(down_project_per_token(a_sel, idx, p, backend="triton"), ref_down, tol)
 
 
+def test_sparse_mlp_launch_shapes_triton(triton_device):
+    """Other tiles and warps, and the row-sum split into slot chunks summed apart, compute the same MLP."""
+    from workbench.kernels._triton_sparse_mlp import Blocks, triton_down_project, triton_sparse_mlp
+
+    p = random_mlp(True, True, "silu", triton_device)
+    x = torch.randn(3, D_MODEL, device=triton_device)
+    idx = padded_sets(3, 40).to(triton_device)
+    ref = mlp_reference(x, p, keep_of(idx))
+    a = activations(x, p)
+    ref_down = (a * keep_of(idx)) @ p.w_out + p.b_out
+    tol = tolerance(triton_device)
+    # 40 slots: chunks of 16 (3 chunks, the last partly masked) and of 8 (5 chunks, one per 8 slots)
+    for up, down in ((Blocks(8, 16, 2), Blocks(16, 32, 2, 3)), (Blocks(16, 64), Blocks(8, 16, 4, 8))):
+        assert_close(triton_sparse_mlp(x, p, idx, up, down), ref, tol)
+        assert_close(triton_down_project(a.gather(1, idx.clamp_min(0)), idx, p, down), ref_down, tol)
+
+
 # ---- masked matmuls ----
 
 
@@ -235,19 +253,25 @@ def test_nm_matmul(n, m, bias):
     b = torch.randn(48) if bias else None
     mask = nm_mask(48, 96, n, m)
     nmw = nm_compress(w, mask, n, m)
-    assert nmw.values.shape == (48, 96 * n // m) and nmw.cols.dtype == torch.int16
+    assert nmw.values.shape == (48, 96 * n // m) and nmw.cols.dtype == torch.uint8
     assert torch.equal(nmw.dense(), w * mask)
     assert_close(nm_matmul(x, nmw, b), masked_matmul_reference(x, w, mask, b))
 
 
-@pytest.mark.parametrize(("n", "m"), [(2, 4), (1, 4)])
-def test_nm_matmul_triton(triton_device, n, m):
-    w, x, b = torch.randn(48, 96), torch.randn(5, 96), torch.randn(48)
+@pytest.mark.parametrize(("n", "m"), [(2, 4), (1, 4), (2, 8)])
+@pytest.mark.parametrize("tokens", [5, 37], ids=["few-token-kernel", "tiled-kernel"])
+def test_nm_matmul_triton(triton_device, n, m, tokens):
+    from workbench.kernels._triton_masked_matmul import GEMV_MAX_TOKENS, GemvBlocks, triton_nm_matmul
+
+    w, x, b = torch.randn(48, 96), torch.randn(tokens, 96), torch.randn(48)
     mask = nm_mask(48, 96, n, m)
     nmw = nm_compress(w.to(triton_device), mask.to(triton_device), n, m)
     ref = masked_matmul_reference(x, w, mask, b)
     y = nm_matmul(x.to(triton_device), nmw, b.to(triton_device), backend="triton")
     assert_close(y.cpu(), ref, tolerance(triton_device))
+    if tokens <= GEMV_MAX_TOKENS:  # another launch of the few-token kernel: row and slot tiles cut short
+        y = triton_nm_matmul(x.to(triton_device), nmw, b.to(triton_device), GemvBlocks(32, 32, 2))
+        assert_close(y.cpu(), ref, tolerance(triton_device))
 
 
 def test_nm_compress_refuses_a_mask_that_is_not_n_m():
@@ -276,6 +300,7 @@ def test_block_masked_weight_skips_empty_tiles():
     expected = torch.tensor([[True, False, True], [True, True, False], [False, False, False]])
     assert torch.equal(bw.occupancy, expected)
     assert bw.tile_ptr.tolist() == [0, 2, 4, 4] and bw.tile_cols.tolist() == [0, 2, 0, 1]
+    assert bw.live_tiles == 4 / 9
     x, b = torch.randn(5, 72), torch.randn(80)
     assert_close(block_masked_matmul(x, bw, b), masked_matmul_reference(x, w, mask, b))
     assert semi_structured_2to4(w * mask) is None  # CPU: no semi-structured baseline
@@ -324,6 +349,15 @@ def test_head_attention_triton(triton_device, dh):
     assert_close(z.cpu(), ref, tolerance(triton_device))
 
 
+@pytest.mark.parametrize("blocks", [(16, 32, 2, 2), (32, 16, 4, None)], ids=["keys-wider", "queries-wider"])
+def test_head_attention_triton_launches(triton_device, blocks):
+    from workbench.kernels._triton_head_attention import AttentionBlocks, triton_head_attention
+
+    (q, k, v, kv_of_head), ref = gqa_inputs(32, triton_device)
+    z = triton_head_attention(q, k, v, kv_of_head, 32**-0.5, AttentionBlocks(*blocks))
+    assert_close(z.cpu(), ref, tolerance(triton_device))
+
+
 def test_head_attention_reference_is_causal_softmax():
     q, k, v = torch.randn(1, 1, 3, 4), torch.randn(1, 1, 3, 4), torch.randn(1, 1, 3, 4)
     z = head_attention_reference(q, k, v, torch.tensor([0]), 0.5)
@@ -365,6 +399,14 @@ def test_moe_dispatch_triton(triton_device):
     assert_close(moe_dispatch(*inputs, "silu", backend="triton").cpu(), ref, tolerance(triton_device))
 
 
+def test_moe_dispatch_triton_launches(triton_device):
+    from workbench.kernels._triton_moe import MoeBlocks, triton_moe
+
+    inputs, ref = moe_inputs(triton_device)
+    y = triton_moe(*inputs, "silu", config=MoeBlocks(t=16, f=16, d=32, warps=2))
+    assert_close(y.cpu(), ref, tolerance(triton_device))
+
+
 # ---- dispatch ----
 
 
@@ -377,6 +419,63 @@ def test_dispatch_choices(monkeypatch):
         dispatch.use_triton(x, backend="cuda")
     monkeypatch.setenv(dispatch.DISABLE_ENV, "1")
     assert not dispatch.use_triton(x, backend="triton")  # the switch wins even over a forced backend
+
+
+def test_auto_mode_follows_the_measured_rules(monkeypatch):
+    """On a GPU, auto mode takes Triton only where it measured faster (RESULTS.md "GPU (H200)"); a forced
+    backend='triton' still runs it."""
+    monkeypatch.delenv(dispatch.DISABLE_ENV, raising=False)
+    monkeypatch.setattr(dispatch, "triton_importable", lambda: True)
+    gpu = SimpleNamespace(is_cuda=True)
+    assert dispatch.use_triton(gpu) and not dispatch.use_triton(gpu, triton_wins=False)
+    assert dispatch.use_triton(gpu, backend="triton", triton_wins=False)
+    # the measured points each rule was drawn from
+    assert dispatch.triton_wins_per_token_mlp(1, 1101, 11008) and dispatch.triton_wins_per_token_mlp(
+        1, 154, 1536
+    )
+    assert not dispatch.triton_wins_per_token_mlp(1, 5504, 11008)  # one token, 50 % skipped
+    assert not dispatch.triton_wins_per_token_mlp(16, 1101, 11008)
+    assert dispatch.triton_wins_nm(1, 1, 4)
+    assert not dispatch.triton_wins_nm(1, 2, 4) and not dispatch.triton_wins_nm(16, 1, 4)
+    assert dispatch.triton_wins_block_masked(1, 0.03) and dispatch.triton_wins_block_masked(2048, 0.1)
+    assert not dispatch.triton_wins_block_masked(256, 0.1) and not dispatch.triton_wins_block_masked(
+        2048, 0.25
+    )
+    assert dispatch.triton_wins_head_attention(128) and not dispatch.triton_wins_head_attention(64)
+    assert dispatch.triton_wins_moe(60) and not dispatch.triton_wins_moe(8)
+    # on a GPU the torch path of per-token sets is dense activations and one GEMM, not row reads
+    assert not sparse_mlp._row_reads_pay("cuda") and sparse_mlp._row_reads_pay("cpu")
+
+
+def test_kernels_ask_their_rule(monkeypatch):
+    """Each kernel hands the dispatcher its rule's verdict for the shape at hand."""
+    import importlib
+
+    verdicts = []
+
+    def spy(*tensors, backend=None, triton_wins=True):
+        verdicts.append(triton_wins)
+        return False
+
+    for name in ("sparse_mlp", "masked_matmul", "head_attention", "moe_dispatch"):
+        monkeypatch.setattr(importlib.import_module(f"workbench.kernels.{name}"), "use_triton", spy)
+    p = random_mlp(True, False, "silu")
+    sparse_mlp_per_token(torch.randn(1, D_MODEL), p, padded_sets(1, 4))  # 1 x 4 x 8 <= 64 rows
+    sparse_mlp_per_token(torch.randn(3, D_MODEL), p, padded_sets(3, 9))
+    w, mask = unstructured()
+    block_masked_matmul(torch.randn(2, 72), BlockMaskedWeight.from_mask(w, mask))  # 4 of 9 tiles live
+    nm_matmul(torch.randn(1, 96), nm_compress(torch.randn(48, 96), nm_mask(48, 96, 1, 4), 1, 4))
+    (q, k, v, kv_of_head), _ = gqa_inputs(16)
+    head_masked_attention(q, k, v, kv_of_head, 0.25)
+    moe_dispatch(*moe_inputs()[0], "silu")  # 5 experts
+    assert verdicts == [True, False, False, True, False, False]
+
+
+def test_launch_choices_follow_the_sweep():
+    from workbench.kernels._triton_sparse_mlp import Blocks, down_blocks, up_blocks
+
+    assert up_blocks(1, 1101, 4096) == Blocks(4, 2048, 8) and up_blocks(16, 1101, 4096) == Blocks(4, 1024, 4)
+    assert up_blocks(1, 154, 576) == Blocks(4, 1024, 4) and down_blocks(1, 1101, 4096) == Blocks(64, 64, 4, 8)
 
 
 def test_disable_switch_makes_the_kernels_run_torch(monkeypatch):
