@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from workbench.charts import chart_spec, embed_script, escape
+from workbench.charts import CHART_STYLE, chart_spec, csp_meta, embed_script, escape, inline_scripts
 from workbench.corpus import TokenWindows
 from workbench.models import ModelHandle
 from workbench.results import Result
@@ -21,6 +21,7 @@ td, th { border: 1px solid #ddd; padding: 0.2rem 0.6rem; text-align: left; }
 .definition { color: #555; font-size: 0.85rem; } details { font-size: 0.85rem; }
 .note { border-left: 3px solid #c90; padding-left: 0.6rem; }
 """
+PAGE_STYLE = STYLE + CHART_STYLE  # the page's one stylesheet: the report's and the charts'
 
 
 def _section(index: int, result, specs: dict[str, dict]) -> str:
@@ -28,8 +29,11 @@ def _section(index: int, result, specs: dict[str, dict]) -> str:
     for name, chart in result.charts().items():
         div_id = f"chart-{index}-{name}"
         specs[div_id] = chart_spec(chart)
-        charts.append(f'<div class="chart" id="{div_id}" data-chart="{escape(name)}"></div>')
-    table = result.table().to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0)
+        charts.append(f'<div class="chart" id="{escape(div_id)}" data-chart="{escape(name)}"></div>')
+    table = result.table().to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0, justify="left")
+    # pandas puts style="text-align: ..." on the header row; the policy applies no style attribute (cells
+    # are escaped, so only pandas' own tag can match)
+    table = table.replace('<tr style="text-align: left;">', "<tr>")
     note = getattr(result, "note", "")  # a result's own word on an odd-looking outcome (e.g. s* = 0)
     note_html = f'<p class="note">{escape(note)}</p>' if note else ""
     return (
@@ -50,9 +54,12 @@ def render_html(run: Run) -> str:
             indent=2,
         )
     )
+    # The policy runs the report's own two scripts and applies its own stylesheet, and nothing else.
+    policy = csp_meta(inline_scripts(), [PAGE_STYLE])
     return (
-        f'<!doctype html><html><head><meta charset="utf-8"><title>Workbench report: {escape(model)}</title>'
-        f"<style>{STYLE}</style></head><body>"
+        f'<!doctype html><html><head><meta charset="utf-8">{policy}'
+        f"<title>Workbench report: {escape(model)}</title>"
+        f"<style>{PAGE_STYLE}</style></head><body>"
         f"<h1>Workbench report: {escape(model)}</h1>"
         f'<p class="sub">run folder {escape(run.path.resolve())} · {escape(m.get("finished"))}</p>'
         f"{sections}<section><h2>Provenance</h2><details><summary>manifest.json</summary>"
