@@ -66,13 +66,16 @@ class ExpertLoadReducer:
 
 
 class TeeSink:
-    """Feeds one capture to several sinks (the store and the reducers)."""
+    """Feeds one capture to several sinks (the store and the reducers); `opened()` runs once all are open."""
 
-    def __init__(self, *sinks) -> None:
+    def __init__(self, *sinks, opened=None) -> None:
         self.sinks = sinks
+        self.opened = opened
 
     def open(self, fields, n_tokens: int) -> int:
         done = [sink.open(fields, n_tokens) for sink in self.sinks]
+        if self.opened is not None:
+            self.opened()
         return done[0]
 
     def consume(self, values, meta) -> None:
@@ -201,11 +204,11 @@ def capture_to_run(
         _check_same_capture(run.path / "store", info)
     store = StoreSink(run.path / "store", info, resume=resume, tokens_per_shard=per_shard)
     entropy, load = AttentionEntropyReducer(), ExpertLoadReducer(handle.facts.n_experts or 1)
-    capture(
+    capture(  # the run folder says "running" once the store is open (its checks and lock passed)
         handle,
         windows,
         probes,
-        TeeSink(store, ReducerSink([entropy, load])),
+        TeeSink(store, ReducerSink([entropy, load]), opened=run.begin),
         batch_size=batch_size,
         progress=progress,
         n_tokens=n_tokens,
@@ -235,6 +238,15 @@ def capture_to_run(
     )
     run.save([result], files=["store"])
     return result
+
+
+def check_capture_out(out, resume: bool) -> None:
+    """Refuse, before anything is written, an --out whose store this capture must not write into."""
+    from pathlib import Path
+
+    from workbench.store.opening import check_folder
+
+    check_folder(Path(out).expanduser() / "store", resume)
 
 
 def _fold_store(path, reducers: list) -> None:

@@ -18,11 +18,36 @@ DEFAULT_TOKENS = 16384
 DEFAULT_CONTEXT = 128
 
 
+class FailedWith(WorkbenchError):
+    """A command that fails (exit 2) after finding something: `body` is still printed with --json."""
+
+    def __init__(self, message: str, body: dict) -> None:
+        super().__init__(message)
+        self.body = body
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
+
+
+def sparsity_levels(text: str) -> list[float]:
+    """A comma list of sparsities, each a number in [0, 1] (argparse type of --levels)."""
+    levels = []
+    for part in text.split(","):
+        try:
+            level = float(part)
+        except ValueError:
+            level = None
+        if level is None or not 0 <= level <= 1:  # also refuses nan and inf
+            raise argparse.ArgumentTypeError(
+                f"{part.strip()!r} is not a sparsity: give numbers in [0, 1] separated by commas, such as "
+                "0,0.25,0.5"
+            )
+        levels.append(level)
+    return levels
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -80,6 +105,17 @@ def common_flags(tokens_help: str = WINDOWS) -> argparse.ArgumentParser:
     )
     g.add_argument("--json", action="store_true", help="print the result as JSON on stdout, nothing else")
     return p
+
+
+def calibration_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    """--calibration SOURCE...: where `what` comes from (the rule: workbench/calibration.py)."""
+    parser.add_argument(
+        "--calibration",
+        nargs="+",
+        metavar="SOURCE",
+        help=f"{what}: a named corpus NAME[:SPLIT] (SPLIT default: train) or your own .txt/.jsonl files "
+        "(default: the train split of --corpus, pydocs:train without it; required with --text)",
+    )
 
 
 def default_model(progress: bool = True) -> str:
@@ -175,8 +211,8 @@ def cmd_report(args: argparse.Namespace) -> dict:
     if args.out is None:  # the new folder is named after the model that the default resolves to
         args.model = args.model or default_model(progress=True)
     label = Path(args.model).name if args.model else "model"  # with --out the label is not used
-    run = RunFolder.create(args.out, f"report-{label}", args.command_line)  # refuse a bad --out first
     included = [result for folder in args.include or [] for result in read_run(folder).results]
+    run = RunFolder.create(args.out, f"report-{label}", args.command_line)  # refusals first: no orphan
     with run:
         handle, windows = load_inputs(args)
         if handle.facts.moe:  # a mixture-of-experts model's report has its routing section
@@ -191,7 +227,7 @@ def cmd_report(args: argparse.Namespace) -> dict:
 
 
 def cmd_capture(args: argparse.Namespace) -> dict:
-    from workbench.capturing import capture_to_run
+    from workbench.capturing import capture_to_run, check_capture_out
     from workbench.probes.capture import ActivationProbe, AttentionProbe, RoutingProbe
     from workbench.runs import RunFolder
 
@@ -199,6 +235,7 @@ def cmd_capture(args: argparse.Namespace) -> dict:
         raise WorkbenchError("capture needs --out DIR: the folder that will hold the store.")
     if not (args.hooks or args.attention or args.routing):
         raise WorkbenchError("Nothing to capture: give --hooks PATTERN, --attention and/or --routing.")
+    check_capture_out(args.out, args.resume)  # refuse before the run folder is touched
     run = RunFolder.create(args.out, "capture", args.command_line)
     with run:
         handle, windows = load_inputs(args)
@@ -241,12 +278,20 @@ def cmd_inspect(args: argparse.Namespace) -> dict:
     summary = inspect_store(path, verify=args.verify)
     if not args.json:
         state = "complete" if summary["complete"] else "incomplete"
+        checked = {None: "", True: ", every shard verified", False: ", DAMAGED"}[summary["verified"]]
         print(
             f"{path}: {summary['tokens']} tokens, {state}, {summary['shards']} shards, "
-            f"{summary['bytes'] / 1e6:.1f} MB" + (", every shard verified" if args.verify else "")
+            f"{summary['bytes'] / 1e6:.1f} MB{checked}"
         )
         for name, spec in summary["hooks"].items():
             print(f"  {name:45s} {tuple(spec['shape'])} {spec['dtype']}")
+    if summary["verified"] is False:  # exit non-zero; with --json the summary is still printed
+        bad = "; ".join(f"{name} is {why}" for name, why in summary["damage"].items())
+        raise FailedWith(
+            f"Damaged store {path}: {len(summary['damage'])} of {summary['shards']} shards are bad: {bad}. "
+            "Their values cannot be trusted: re-run the capture into a new folder.",
+            summary,
+        )
     return summary
 
 
@@ -278,11 +323,14 @@ def cmd_bench(args: argparse.Namespace) -> dict:
     from workbench.bench import BENCHMARKS
 
     bench = BENCHMARKS.get(args.which)
-    handle, windows = load_inputs(args)
     options = {}
-    if args.which == "transcoder":
+    if args.which == "transcoder":  # trains on the calibration source: resolved (or refused) first
+        from workbench.calibration import calibration_source
+
         options = {"train_tokens": args.train_tokens, "width": args.width, "k": args.k, "layer": args.layer}
-        options |= {"seed": args.seed}
+        source = calibration_source(args.corpus, args.text, args.calibration, "bench transcoder's training")
+        options |= {"seed": args.seed, "calibration": source}
+    handle, windows = load_inputs(args)
     body = bench(handle, windows, batch_size=args.batch_size, **options)
     if not args.json:
         print(json.dumps(body, indent=2))
@@ -298,6 +346,7 @@ def bench_flags(parser: argparse.ArgumentParser) -> None:
         default=409_600,
         help="training budget of both trainers: train-split tokens, rounded up to whole windows",
     )
+    calibration_flag(parser, "bench transcoder: the training text")
     g.add_argument("--width", type=positive_int, help="features (default: 16 × d_model)")
     g.add_argument("--k", type=positive_int, default=32, help="features kept per token")
     g.add_argument("--layer", type=int, help="MLP layer (default: n_layers // 2)")
@@ -305,9 +354,14 @@ def bench_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_sparsity(args: argparse.Namespace) -> dict:
+    from workbench.calibration import calibration_source
     from workbench.models import load_model
+    from workbench.sparsity import Definition
     from workbench.sparsity_result import run_sparsity
 
+    calibrated = args.definition and Definition.parse(args.definition).needs_calibration
+    if calibrated or "train" in args.inputs.split(","):  # refused here, before any run folder is made
+        calibration_source(args.corpus, args.text, args.calibration, "sparsity's calibration")
     with optional_run(args, "sparsity") as run:
         handle = load_model(args.model or default_model(progress=True), device=args.device)
         result = run_sparsity(
@@ -321,6 +375,7 @@ def cmd_sparsity(args: argparse.Namespace) -> dict:
             corpus=args.corpus,
             text=args.text,
             calibration_tokens=args.calibration_tokens,
+            calibration_data=args.calibration,
         )
         record(args, run, [result])
     if not args.json:
@@ -339,7 +394,8 @@ def sparsity_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--inputs",
         default="heldout",
-        help="comma list of heldout, train (pydocs's train split), random (uniformly random token ids)",
+        help="comma list of heldout (the text), train (the --calibration source: the train split of "
+        "--corpus by default), random (uniformly random token ids)",
     )
     parser.add_argument(
         "--calibration-tokens",
@@ -347,26 +403,25 @@ def sparsity_flags(parser: argparse.ArgumentParser) -> None:
         default=2048,
         help="train-split tokens for magnitude@P and cett@R thresholds (rounded up to whole windows)",
     )
+    calibration_flag(parser, "the thresholds of magnitude@P and cett@R, and --inputs train")
 
 
 def cmd_essential(args: argparse.Namespace) -> dict:
-    from workbench.corpus import windows_for
+    from workbench.calibration import calibration_source, calibration_windows
     from workbench.essential import sweep
 
+    source = None
+    if args.criterion == "wanda":  # activation norms from the train split, never the evaluated text
+        source = calibration_source(args.corpus, args.text, args.calibration, "wanda's input norms")
     with optional_run(args, "essential") as run:
         handle, windows = load_inputs(args)
         pattern = args.pattern or ("rowwise" if args.criterion == "wanda" else "global")
         calibration = None
-        if args.criterion == "wanda":  # activation norms from the train split, never the evaluated text
-            calibration = windows_for(
-                handle,
-                corpus="pydocs:train",
-                context=args.context,
-                n_tokens=args.calibration_tokens,
-                seed=args.seed + 1,
+        if source is not None:
+            calibration = calibration_windows(
+                handle, source, args.context, args.calibration_tokens, seed=args.seed + 1
             )
-        levels = [float(x) for x in args.levels.split(",")] if args.levels else None
-        kwargs = {"levels": levels} if levels else {}
+        kwargs = {"levels": args.levels} if args.levels else {}
         result = sweep(
             handle,
             windows,
@@ -404,7 +459,9 @@ def essential_flags(parser: argparse.ArgumentParser) -> None:
         "docs/methods.md, 'Essential sparsity'",
     )
     parser.add_argument(
-        "--levels", help="comma list of sparsities (default: 0,0.1,...,0.9; ignored for N:M patterns)"
+        "--levels",
+        type=sparsity_levels,
+        help="comma list of sparsities (default: 0,0.1,...,0.9; ignored for N:M patterns)",
     )
     parser.add_argument(
         "--tolerance",
@@ -424,6 +481,7 @@ def essential_flags(parser: argparse.ArgumentParser) -> None:
         default=2048,
         help="train-split tokens for wanda's input norms (rounded up to whole windows)",
     )
+    calibration_flag(parser, "wanda's input norms")
 
 
 def report_flags(parser: argparse.ArgumentParser) -> None:
@@ -599,11 +657,13 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
             body = COMMANDS.get(args.command).run(args)
     except WorkbenchError as err:
+        if args.json and isinstance(err, FailedWith):  # what was found, e.g. inspect --verify's damage
+            print(json.dumps(err.body, indent=2, allow_nan=False))
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; the run folder's manifest says 'failed'.", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:  # SIGINT, or SIGTERM where a command handles it (transcoder train)
+        print(f"interrupted. {err}".strip(), file=sys.stderr)  # a run folder's manifest says "interrupted"
+        return getattr(err, "exit_code", 130)
     if args.json:
         print(json.dumps(body, indent=2, allow_nan=False))
     return 0

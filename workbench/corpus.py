@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +49,9 @@ CORPORA.register(
 )
 DEFAULT_CORPUS = "pydocs"
 DEFAULT_SPLIT = "heldout"
+# A text file with more than this share of its bytes undecodable as UTF-8 or control characters is refused
+# as not text: binary files (safetensors, gzip, executables) measure above 0.5, Latin-1 prose below 0.25.
+NOT_TEXT_LIMIT = 0.3
 
 
 def load_corpus(name: str = DEFAULT_CORPUS, split: str = DEFAULT_SPLIT) -> list[Document]:
@@ -74,26 +79,47 @@ def read_text_files(paths: Iterable[str | Path], default_domain: str = "text") -
         if not path.is_file():
             raise WorkbenchError(f"Text file {path} not found.")
         if path.suffix in (".jsonl", ".ndjson"):
-            with path.open(encoding="utf-8") as f:
-                for n, line in enumerate(f):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                        text = row["text"]
-                    except (json.JSONDecodeError, KeyError, TypeError) as err:
-                        raise WorkbenchError(
-                            f"{path}, line {n + 1}: expected a JSON object with a 'text' field ({err})."
-                        ) from err
-                    domain = str(row.get("domain", default_domain))
-                    docs.append(Document(str(row.get("id", f"{path.name}:{n}")), domain, text))
+            for n, line in enumerate(read_text(path).split("\n")):  # not splitlines: JSON allows U+2028
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                    text = row["text"]
+                except (json.JSONDecodeError, KeyError, TypeError) as err:
+                    raise WorkbenchError(
+                        f"{path}, line {n + 1}: expected a JSON object with a 'text' field ({err})."
+                    ) from err
+                domain = str(row.get("domain", default_domain))
+                docs.append(Document(str(row.get("id", f"{path.name}:{n}")), domain, text))
         else:
-            docs.append(
-                Document(path.name, default_domain, path.read_text(encoding="utf-8", errors="replace"))
-            )
+            docs.append(Document(path.name, default_domain, read_text(path)))
     if not docs:
         raise WorkbenchError("The given text files hold no documents.")
     return docs
+
+
+def read_text(path: Path) -> str:
+    """A file's text as UTF-8; refused when it is mostly not text, a note on stderr for a few bad bytes.
+
+    Undecodable bytes become U+FFFD each. Bytes that are not text: undecodable ones and control
+    characters other than whitespace (NUL-filled or binary files decode without an error).
+    """
+    data = path.read_bytes()
+    text, undecodable = re.subn("[\udc80-\udcff]", "\ufffd", data.decode("utf-8", errors="surrogateescape"))
+    control = len(re.findall(r"[\x00-\x08\x0e-\x1f\x7f]", text))
+    if data and (undecodable + control) / len(data) > NOT_TEXT_LIMIT:
+        raise WorkbenchError(
+            f"{path} is not UTF-8 text: {(undecodable + control) / len(data):.0%} of its {len(data):,} bytes "
+            f"are not ({undecodable:,} undecodable as UTF-8, {control:,} control characters). Pass text "
+            "files (.txt, or .jsonl with a 'text' field); convert other encodings first, e.g. "
+            "`iconv -f latin1 -t utf-8`."
+        )
+    if undecodable:
+        print(
+            f"note: {path}: {undecodable:,} of {len(data):,} bytes are not UTF-8; each is read as U+FFFD.",
+            file=sys.stderr,
+        )
+    return text
 
 
 def from_hf_dataset(
@@ -155,12 +181,18 @@ class TokenWindows:
             )
 
     def select(self, n_tokens: int | None, seed: int = 0) -> TokenWindows:
-        """A seeded random subset of whole windows covering at least `n_tokens` (all when None)."""
+        """Whole windows covering at least `n_tokens` (all when None), in a seeded random order.
+
+        Every selection, the whole text included, is the first windows of one seeded permutation, so
+        documents and domains are mixed: any prefix of the result (a short training run, the first
+        batches) draws from every part of the text in proportion, not from the documents that came first.
+        """
         total = self.n_windows
         n = total if n_tokens is None else min(total, max(1, -(-n_tokens // self.context)))
-        order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+        order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n]
         info = self.slice_info | {
             "selection_seed": seed,
+            "window_order": "seeded permutation",  # (older selections kept document order)
             "windows": n,
             "windows_available": total,
             "tokens": n * self.context,
@@ -247,9 +279,18 @@ def windows_for(
         name, _, named_split = (corpus or DEFAULT_CORPUS).partition(":")
         split = named_split or split
         docs, source = load_corpus(name, split), {"corpus": name, "split": split}
-    context = min(context, handle.facts.n_ctx)
+    check_context(handle, context)
     windows = make_windows(docs, handle.tokenizer, context, handle.separator_token_id, source)
     return windows.select(n_tokens, seed)
+
+
+def check_context(handle: Any, context: int) -> None:
+    """Refuse a window longer than the model's positions (rather than cutting it short unasked)."""
+    if context > handle.facts.n_ctx:
+        raise WorkbenchError(
+            f"A context of {context} tokens is longer than {handle.name}'s {handle.facts.n_ctx} positions; "
+            f"give --context {handle.facts.n_ctx} or less."
+        )
 
 
 def random_windows(vocab_size: int, n_tokens: int, context: int, seed: int = 0) -> TokenWindows:

@@ -111,28 +111,36 @@ def run_sparsity(
     calibration_tokens: int = 2048,
     dense_threshold: float = 0.5,
     progress: bool = True,
+    calibration_data: list[str] | None = None,
 ) -> SparsityResult:
-    """Density statistics for each input kind; the first kind gives the per-layer table and histograms."""
-    from workbench.corpus import random_windows, windows_for
+    """Density statistics for each input kind; the first kind gives the per-layer table and histograms.
+
+    Thresholds and the `train` input kind come from `calibration_data` (NAME[:SPLIT] or files), by default
+    the train split of `corpus` (workbench/calibration.py).
+    """
+    from workbench.calibration import calibration_source, calibration_windows
+    from workbench.corpus import check_context, random_windows, windows_for
     from workbench.errors import WorkbenchError
 
+    check_context(handle, context)  # every input kind, random included, is refused alike
     spec = Definition.parse(definition or default_definition(handle))
     unknown = [k for k in inputs if k not in INPUT_KINDS]
     if unknown or not inputs:
         raise WorkbenchError(f"Unknown input kind(s) {unknown}; choose from {', '.join(INPUT_KINDS)}.")
+    purpose = f"{spec.name}'s thresholds" if spec.needs_calibration else "--inputs train"
+    source = None
+    if spec.needs_calibration or "train" in inputs:  # resolved (or refused) before any forward pass
+        source = calibration_source(corpus, text, calibration_data, purpose)
     calibration = None
     if spec.needs_calibration:  # thresholds come from the train split, never from the measured text
-        calibration = windows_for(
-            handle, corpus="pydocs:train", context=context, n_tokens=calibration_tokens, seed=seed + 1
-        )
-    by_input, main, main_windows = {}, None, None
+        calibration = calibration_windows(handle, source, context, calibration_tokens, seed=seed + 1)
+    by_input, main, main_windows, train_data = {}, None, None, None
     for kind in inputs:
         if kind == "random":
-            windows = random_windows(handle.facts.d_vocab, n_tokens, min(context, handle.facts.n_ctx), seed)
+            windows = random_windows(handle.facts.d_vocab, n_tokens, context, seed)
         elif kind == "train":
-            windows = windows_for(
-                handle, corpus="pydocs:train", context=context, n_tokens=n_tokens, seed=seed
-            )
+            windows = calibration_windows(handle, source, context, n_tokens, seed=seed)
+            train_data = windows.slice_info
         else:
             windows = windows_for(
                 handle, corpus=corpus, text=text, context=context, n_tokens=n_tokens, seed=seed
@@ -160,6 +168,7 @@ def run_sparsity(
             "inputs": inputs,
             "calibration_tokens": calibration_tokens if calibration else 0,
             "calibration": calibration.slice_info if calibration else None,
+            "train_inputs": train_data,
             "dense_threshold": dense_threshold,
             "batch_size": batch_size,
         },

@@ -49,6 +49,26 @@ def test_selection_is_seeded_and_whole_windows():
     assert a.slice_info["selection_seed"] == 1 and a.slice_info["windows"] == 4
 
 
+def test_every_selection_is_a_seeded_permutation_that_mixes_domains():
+    """Documents in corpus order (all prose, then all code): any prefix of a selection, the whole text's
+    included, draws both domains in proportion, and the seed decides the order."""
+    train = load_corpus("pydocs", "train")
+    docs = [d for d in train if d.domain == "prose"][:60] + [d for d in train if d.domain == "code"][:8]
+    w = make_windows(docs, corpus_tokenizer(), context=32, separator_id=0)
+    shares = torch.bincount(w.domain.flatten().long(), minlength=2).double() / w.n_tokens
+    assert 0.15 < shares.min() < 0.35  # both domains, the first ones in the text all of one
+    assert (w.domain[:400] == w.domain[0, 0]).all()
+    for seed in range(3):
+        everything = w.select(None, seed=seed)
+        assert everything.n_windows == w.n_windows  # all windows, each once: a permutation
+        assert sorted(map(tuple, everything.tokens.tolist())) == sorted(map(tuple, w.tokens.tolist()))
+        for part in (everything.domain[:400], w.select(400 * 32, seed=seed).domain):
+            prefix = torch.bincount(part.flatten().long(), minlength=2).double() / part.numel()
+            assert (prefix - shares).abs().max() < 0.1, (seed, prefix, shares)
+    assert not torch.equal(w.select(None, seed=0).tokens, w.select(None, seed=1).tokens)
+    assert torch.equal(w.select(None, seed=1).tokens, w.select(None, seed=1).tokens)
+
+
 def test_user_text_and_jsonl(tmp_path):
     (tmp_path / "notes.txt").write_text("plain words " * 50)
     rows = [{"text": "first line of text " * 20, "domain": "mail"}, {"text": "second " * 30}]

@@ -4,6 +4,7 @@ edit applied by hooks (an independent path: TransformerLens hooks on the Hugging
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -162,6 +163,24 @@ def test_effects_against_brute_force(handles):
         float((base.argmax(-1) == edited.argmax(-1)).float().mean())
     )
     torch.testing.assert_close(fx.logit_diff.double(), (edited - base)[..., [5, 9]], atol=1e-4, rtol=1e-4)
+
+
+def test_ce_delta_is_exact_where_float32_means_are_not():
+    """Losses of 6-12 nats, an edit worth 4e-4 nats: two float32 means lose the delta, float64 keeps it."""
+    from workbench.replay.effects import Effects
+
+    g = torch.Generator().manual_seed(0)
+    base = 6 + 6 * torch.rand(8, 4095, generator=g)
+    edited = base + 4e-4 * (1 + torch.randn(8, 4095, generator=g))
+    pairs = zip(edited.flatten().tolist(), base.flatten().tolist(), strict=True)
+    exact = math.fsum(e - b for e, b in pairs) / base.numel()  # Python floats: float64, exact sum
+    float32 = float(edited.mean() - base.mean())
+    assert abs(float32 - exact) / exact > 1e-3  # the case is hard: the old float32 way is off by 0.3 %
+    fx = Effects(base, edited, torch.zeros(8, 4096), torch.ones(8, 4096, dtype=torch.bool), None, [])
+    assert fx.ce_delta == pytest.approx(exact, rel=1e-12, abs=0)
+    assert fx.summary()["ce_delta"] == fx.ce_delta
+    exact_base = math.fsum(base.flatten().tolist()) / base.numel()
+    assert fx.summary()["ce_base"] == pytest.approx(exact_base, rel=1e-12)
 
 
 def test_generation_under_an_edit_matches_hooked_greedy(handles):

@@ -230,16 +230,15 @@ def test_damaged_and_truncated_shards_are_named(store):
     _corrupt(path / "shard-00001.safetensors")  # same size, one data byte changed
     truncated = path / "shard-00003.safetensors"
     truncated.write_bytes(truncated.read_bytes()[:-10])
-    reader = StoreReader(path)
+    reader = StoreReader(path, verify=False)
     assert reader.verify() == ["shard-00001.safetensors", "shard-00003.safetensors"]
-    with pytest.raises(
-        WorkbenchError, match=r"shard-00001\.safetensors is changed.*shard-00003\.safetensors is trunc"
-    ):
-        StoreReader(path, verify=True)
+    damage = reader.damage()
+    assert damage["shard-00001.safetensors"] == "changed since it was written (checksum mismatch)"
+    assert damage["shard-00003.safetensors"].startswith("truncated")
     with pytest.raises(
         WorkbenchError, match=r"shard shard-00003\.safetensors is truncated \([\d,]+ of [\d,]+ bytes\)"
     ):
-        list(reader.iter_batches(["f32"], 5))  # size is checked on every read, even without verify
+        list(reader.iter_batches(["f32"], 5, shuffle=True))  # size is checked on every read, even unverified
     with pytest.raises(WorkbenchError, match=r"shard-00003\.safetensors is truncated"):
         reader[3 * 7 + 1]
     assert reader[0]["f32"].shape == (3,)  # good shards stay readable
@@ -251,16 +250,94 @@ def test_damaged_and_truncated_shards_are_named(store):
     ]
 
 
+def test_a_flipped_byte_is_refused_on_first_read(store, monkeypatch):
+    """One byte changed inside a shard (same size): readers refuse it unless told verify=False."""
+    import workbench.store.reader as reader_module
+
+    path, data = store
+    shard = path / "shard-00002.safetensors"  # tokens 14..20
+    good = shard.read_bytes()
+    raw = bytearray(good)
+    raw[-9] ^= 0x01  # a data byte (the last tensor), same size
+    shard.write_bytes(bytes(raw))
+    reader = StoreReader(path)
+    assert_same(reader[0:14], {k: v[0:14] for k, v in data.items()})  # the good shards read as written
+    refused = r"Damaged store .*: shard shard-00002\.safetensors is changed since it was written \(checksum"
+    with pytest.raises(WorkbenchError, match=refused + r".*new folder.*workbench inspect DIR --verify"):
+        reader[15]
+    with pytest.raises(WorkbenchError, match=refused):
+        read_all(StoreReader(path))
+    with pytest.raises(WorkbenchError, match=refused):
+        list(StoreReader(path).iter_batches(["i16"], 4, shuffle=True))
+    unchecked = read_all(StoreReader(path, verify=False))  # the explicit opt-out reads the changed bytes
+    assert any(not torch.equal(unchecked[k][14:21], data[k][14:21]) for k in unchecked)
+    summary = inspect_store(path, verify=True)
+    assert summary["verified"] is False and summary["complete"] is True
+    assert summary["bad_shards"] == ["shard-00002.safetensors"]
+    assert summary["damage"] == {
+        "shard-00002.safetensors": "changed since it was written (checksum mismatch)"
+    }
+
+    hashed = []  # each reader hashes each shard once, however often it reads it
+
+    def counting(file, fsync=False):
+        hashed.append(Path(file).name)
+        return real(file, fsync)
+
+    real = reader_module.checksum_file
+    monkeypatch.setattr(reader_module, "checksum_file", counting)
+    shard.write_bytes(good)
+    reader = StoreReader(path)
+    for seed in range(3):
+        list(reader.iter_batches(["f32"], 4, shuffle=True, seed=seed))
+    reader[0:50]
+    assert sorted(hashed) == sorted(p.name for p in path.glob("shard-*.safetensors"))
+    hashed.clear()
+    read_all(StoreReader(path, verify=False))
+    assert hashed == []
+
+
+def test_inspect_verify_fails_on_a_flipped_byte(store, capsys):
+    """`workbench inspect --verify` exits non-zero naming each bad shard; its JSON says verified: false."""
+    from workbench.cli import main
+
+    path, _ = store
+    assert main(["inspect", str(path), "--verify", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["verified"] is True
+    assert main(["inspect", str(path), "--verify"]) == 0
+    assert "every shard verified" in capsys.readouterr().out
+    _corrupt(path / "shard-00001.safetensors")
+    _corrupt(path / "shard-00004.safetensors", offset_from_end=20)
+    assert main(["inspect", str(path), "--verify", "--json"]) == 2
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert summary["verified"] is False and summary["complete"] is True
+    assert summary["bad_shards"] == ["shard-00001.safetensors", "shard-00004.safetensors"]
+    assert "2 of 8 shards are bad: shard-00001.safetensors is changed" in captured.err
+    assert "shard-00004.safetensors is changed since it was written" in captured.err
+    assert main(["inspect", str(path), "--verify"]) == 2
+    captured = capsys.readouterr()
+    assert "verified" not in captured.out and "DAMAGED" in captured.out
+    assert "shard-00001.safetensors" in captured.err and "shard-00004.safetensors" in captured.err
+    assert main(["inspect", str(path), "--json"]) == 0  # not asked to verify: unchecked, not "good"
+    assert json.loads(capsys.readouterr().out)["verified"] is None
+
+
 def test_garbage_header_and_swapped_shards_are_named(store):
+    """The header checks run on every read, also with verify=False (the checksum catches both first)."""
     path, _ = store
     first, second = path / "shard-00000.safetensors", path / "shard-00001.safetensors"
     first.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!".ljust(first.stat().st_size, b" "))
     with pytest.raises(WorkbenchError, match=r"shard shard-00000\.safetensors is unreadable"):
+        StoreReader(path, verify=False)[0]
+    with pytest.raises(WorkbenchError, match=r"shard shard-00000\.safetensors is changed"):
         StoreReader(path)[0]
     shutil.copy(second, path / "shard-00002.safetensors")  # same size, wrong token range
     with pytest.raises(
         WorkbenchError, match=r"shard-00002\.safetensors is unreadable \(it holds tokens 7\.\.14\)"
     ):
+        StoreReader(path, verify=False)[15]
+    with pytest.raises(WorkbenchError, match=r"shard shard-00002\.safetensors is changed"):
         StoreReader(path)[15]
 
 
@@ -415,8 +492,10 @@ def test_inspect_store(store):
         "hooks": {f.name: {"shape": list(f.shape), "dtype": f.dtype} for f in ALL_DTYPES},
         "shards": 8,
         "bytes": sum(p.stat().st_size for p in path.glob("shard-*.safetensors")),
+        "verified": None,  # not checked
     }
-    assert inspect_store(path, verify=True)["bad_shards"] == []
+    checked = inspect_store(path, verify=True)
+    assert checked["verified"] is True and checked["bad_shards"] == [] and checked["damage"] == {}
     json.dumps(summary)
     manifest = json.loads((path / "store.json").read_text())
     assert manifest["info"] == INFO and manifest["format"] == "workbench-store/1"

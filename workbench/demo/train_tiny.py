@@ -29,6 +29,7 @@ from transformers import (
 
 from workbench.corpus import load_corpus
 from workbench.demo.build_tokenizer import EOS
+from workbench.models.checkpoint import write_checksums
 from workbench.paths import corpus_dir, data_dir
 
 
@@ -209,6 +210,7 @@ def train(cfg: TrainConfig, out_dir: Path, resume: bool = False, threads: int = 
         "seconds": round(time.time() - t0),
     }
     (out_dir / "train_config.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_checksums(out_dir)  # checksums.json: every load of the named model checks its files against it
     shutil.rmtree(partial, ignore_errors=True)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from workbench.cli import load_inputs, optional_run, positive_int, record
+from workbench.cli import calibration_flag, load_inputs, optional_run, positive_int, record
 
 
 def cmd_experts(args: argparse.Namespace) -> dict:
@@ -56,18 +56,13 @@ def experts_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_moefy(args: argparse.Namespace) -> dict:
-    from workbench.corpus import windows_for
+    from workbench.calibration import calibration_source, calibration_windows
     from workbench.experts.moefication import run_moefy
 
+    source = calibration_source(args.corpus, args.text, args.calibration, "moefy's routers")
     with optional_run(args, "moefy") as run:
         handle, windows = load_inputs(args)
-        train = windows_for(
-            handle,
-            corpus="pydocs:train",
-            context=args.context,
-            n_tokens=args.train_tokens,
-            seed=args.seed + 1,
-        )
+        train = calibration_windows(handle, source, args.context, args.train_tokens, seed=args.seed + 1)
         result = run_moefy(
             handle,
             windows,
@@ -103,6 +98,7 @@ def moefy_flags(parser: argparse.ArgumentParser) -> None:
         default=8192,
         help="train-split tokens for the routers (and the co-activation graph)",
     )
+    calibration_flag(parser, "the routers' (and the co-activation graph's) tokens")
     parser.add_argument(
         "--labels",
         default="domain,token_class,position",

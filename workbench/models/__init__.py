@@ -44,7 +44,7 @@ def load_model(
     from transformer_lens.model_bridge import TransformerBridge
 
     name, folder, source = resolve_checkpoint(name_or_path, progress=progress)
-    check_checkpoint(folder)
+    check_checkpoint(folder, MODELS.get(name_or_path).repair if name_or_path in MODELS else "")
     bridge = TransformerBridge.boot_transformers(str(folder), device=str(resolve_device(device)), dtype=dtype)
     bridge.enable_compatibility_mode(disable_warnings=True, no_processing=not process_weights)
     bridge.eval()

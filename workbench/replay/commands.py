@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from workbench.cli import load_inputs, optional_run, positive_int, record
+from workbench.cli import calibration_flag, load_inputs, optional_run, positive_int, record
 
 REPLAY_TOKENS = 512  # a few windows: the cached run keeps log-probabilities [tokens, vocab]
 
@@ -118,18 +118,13 @@ def replay_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_finercut(args: argparse.Namespace) -> dict:
-    from workbench.corpus import windows_for
+    from workbench.calibration import calibration_source, calibration_windows
     from workbench.replay.finercut import greedy_removal
 
+    source = calibration_source(args.corpus, args.text, args.calibration, "finercut's removal choices")
     with optional_run(args, "finercut") as run:
         handle, windows = load_inputs(args)
-        calibration = windows_for(
-            handle,
-            corpus="pydocs:train",
-            context=args.context,
-            n_tokens=args.calibration_tokens,
-            seed=args.seed,
-        )
+        calibration = calibration_windows(handle, source, args.context, args.calibration_tokens, args.seed)
         data = {"heldout": windows.slice_info, "calibration": calibration.slice_info}
         result = greedy_removal(
             handle,
@@ -162,3 +157,4 @@ def finercut_flags(parser: argparse.ArgumentParser) -> None:
         default=256,
         help="training-split tokens on which each candidate's KL is measured",
     )
+    calibration_flag(parser, "the tokens on which each candidate's KL is measured")

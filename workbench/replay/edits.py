@@ -10,6 +10,8 @@ masks act first (a static set), then top-k and threshold edits in list order.
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -17,6 +19,9 @@ from typing import Any, ClassVar
 from workbench.errors import WorkbenchError
 from workbench.registry import Registry
 
+# Edit files nest three levels ({"edits": [{"neurons": [...]}]}); deeper JSON is refused before parsing
+# (Python's parser would recurse past its stack limit on a 100,000-deep file).
+MAX_JSON_DEPTH = 16
 EDIT_KINDS: Registry[type[Edit]] = Registry(
     "edit kind", "Register a new one with @EDIT_KINDS.decorator(name) in workbench/replay/edits.py."
 )
@@ -52,10 +57,22 @@ class Edit:
 
 
 def _int(value: Any, what: str) -> int:
-    """An integer field: ints (or integral floats from JSON) only, never bools or strings."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
+    """An integer field: ints (or integral floats from JSON) only, never bools, strings, NaN or infinity."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
         raise WorkbenchError(f"{what} must be an integer, got {value!r}")
-    return int(value)
+    return value
+
+
+def _number(value: Any, what: str, low: float, high: float = math.inf) -> float:
+    """A finite number in [low, high] (NaN and infinities refused: they would pass or fail silently)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise WorkbenchError(f"{what} must be a finite number, got {value!r}")
+    if not low <= value <= high:
+        bound = f"in [{low:g}, {high:g}]" if math.isfinite(high) else f">= {low:g}"
+        raise WorkbenchError(f"{what} must be a number {bound}, got {value!r}")
+    return float(value)
 
 
 def _ints(values: Any, what: str = "indices") -> tuple[int, ...]:
@@ -105,9 +122,7 @@ class Threshold(Edit):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.tau, bool) or not isinstance(self.tau, int | float) or self.tau < 0:
-            raise WorkbenchError(f"threshold: tau must be a number >= 0, got {self.tau!r}")
-        object.__setattr__(self, "tau", float(self.tau))
+        object.__setattr__(self, "tau", _number(self.tau, "threshold: tau", 0.0))
 
 
 @EDIT_KINDS.decorator("head_mask")
@@ -186,9 +201,7 @@ class WeightPrune(Edit):
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, int | float):
-            raise WorkbenchError(f"weight_prune: sparsity must be a number in [0, 1], got {self.sparsity!r}")
-        object.__setattr__(self, "sparsity", float(self.sparsity))
+        object.__setattr__(self, "sparsity", _number(self.sparsity, "weight_prune: sparsity", 0.0, 1.0))
         object.__setattr__(self, "seed", _int(self.seed, "weight_prune: seed"))
         if self.layer_list is not None:
             layers = tuple(sorted(set(_ints(self.layer_list, "weight_prune: layers"))))
@@ -257,11 +270,37 @@ def load_edits(source: str | Path) -> list[Edit]:
         path = Path(source).expanduser()
         if not path.is_file():
             raise WorkbenchError(f"Edit file {path} does not exist; write the edits as JSON (see README)")
-        text = path.read_text()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise WorkbenchError(
+                f"Edit file {path} is not UTF-8 text ({err}); write the edits as JSON."
+            ) from None
+    depth = json_depth(text, MAX_JSON_DEPTH)
+    if depth > MAX_JSON_DEPTH:
+        raise WorkbenchError(
+            f"Edits nest more than {MAX_JSON_DEPTH} levels of JSON arrays and objects; edits need "
+            'at most 4 ({"edits": [{"kind": ..., "neurons": [...]}]}). Check that the file holds edits.'
+        )
     try:
-        return parse_edits(json.loads(text))
+        return parse_edits(json.loads(text, parse_constant=_refuse_constant))
     except json.JSONDecodeError as err:
         raise WorkbenchError(f"Edits are not valid JSON: {err}") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise WorkbenchError(f"Edits contain {name}, which is not a number in JSON; give finite numbers only.")
+
+
+def json_depth(text: str, limit: int) -> int:
+    """How deeply JSON text nests arrays and objects, up to limit + 1 (brackets inside strings skipped)."""
+    depth = deepest = 0
+    for bracket in re.finditer(r"[\[\]{}]", re.sub(r'"(?:[^"\\]|\\.)*"', '""', text)):
+        depth += 1 if bracket.group() in "[{" else -1
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            break
+    return deepest
 
 
 def dump_edits(edits: list[Edit]) -> list[dict[str, Any]]:

@@ -24,12 +24,14 @@ class Effects:
 
     @property
     def ce_delta(self) -> float:
-        return float(self.ce_edited.mean() - self.ce_base.mean())
+        """Mean of the per-token differences, in float64: a small delta is not lost in the rounding of two
+        float32 means of large losses (relative error 7e-4 on a delta of 4e-4 nats, measured)."""
+        return float((self.ce_edited.double() - self.ce_base.double()).mean())
 
     def summary(self) -> dict:
         out = {
-            "ce_base": float(self.ce_base.mean()),
-            "ce_edited": float(self.ce_edited.mean()),
+            "ce_base": float(self.ce_base.double().mean()),
+            "ce_edited": float(self.ce_edited.double().mean()),
             "ce_delta": self.ce_delta,
             "kl": float(self.kl.mean()),
             "top1_agreement": float(self.top1_agree.float().mean()),

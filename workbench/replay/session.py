@@ -154,7 +154,7 @@ class ReplaySession:
         summary = fx.summary()
         decode = self.handle.tokenizer.decode
         first_row = self.engine.tokens[0].tolist()
-        ce_delta = (fx.ce_edited - fx.ce_base)[0].tolist() + [None]
+        ce_delta = (fx.ce_edited[0].double() - fx.ce_base[0].double()).tolist() + [None]
         per_token = [
             {"position": i, "token": decode([t]), "ce_delta": ce_delta[i], "kl": float(fx.kl[0, i])}
             for i, t in enumerate(first_row)
@@ -231,13 +231,12 @@ def merged(results: list[ReplayResult]) -> ReplayResult:
         return sum(v * w for v, w in zip(values, weights, strict=True)) / total
 
     deviation, logit_diff = mean("resid_deviation"), mean("logit_diff")
-    ce_base, ce_edited = mean("ce_base"), mean("ce_edited")
     return dataclasses.replace(
         first,
         tokens=total,
-        ce_base=ce_base,
-        ce_edited=ce_edited,
-        ce_delta=ce_edited - ce_base,
+        ce_base=mean("ce_base"),
+        ce_edited=mean("ce_edited"),
+        ce_delta=mean("ce_delta"),  # each batch's float64 mean of per-token differences, weighted
         kl=mean("kl"),
         top1_agreement=mean("top1_agreement"),
         resid_deviation=deviation,

@@ -11,7 +11,8 @@ tool that reads safetensors (Hugging Face, numpy, Rust, JS) reads a shard withou
 Why this manifest discipline: a shard is written under a temporary name, fsynced and renamed, and only
 then listed in the manifest (itself replaced atomically), so a writer killed at any moment leaves a
 store whose listed shards are whole. `StoreWriter.open(..., resume=True)` continues after them.
-Each listed shard carries its byte size (checked on every read) and xxh3-128 checksum (checked on request).
+Each listed shard carries its byte size (checked on every read) and xxh3-128 checksum (checked the
+first time a reader opens the shard, unless it was opened with verify=False).
 """
 
 from __future__ import annotations

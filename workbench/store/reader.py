@@ -1,8 +1,10 @@
 """StoreReader: paired, memory-bounded batches and random access over a store's shards.
 
 Every shard read checks the file's size against the manifest (one stat, so a truncated or missing
-shard is never read) and its header against the fields; `verify=True` or `verify()` also checks each
-shard's xxh3-128 checksum, which catches changed bytes anywhere.
+shard is never read) and its header against the fields. The first time a reader opens a shard it also
+checks the shard's xxh3-128 checksum, which catches changed bytes anywhere (one pass over the file, at
+memory speed once it is in the page cache; each reader checks each shard once). `verify=False` opts
+out explicitly; `verify()` checks every shard at once and lists the bad ones.
 """
 
 from __future__ import annotations
@@ -37,9 +39,13 @@ BLOCKS_PER_SHARD = 16  # shuffle granularity: a batch mixes tokens from ~16 rand
 
 
 class StoreReader:
-    """Reads a store folder; a store still being written reads as the shards durable so far."""
+    """Reads a store folder; a store still being written reads as the shards durable so far.
 
-    def __init__(self, path: str | Path, verify: bool = False) -> None:
+    `verify` (default True): check each shard's checksum when this reader first opens it, and refuse a
+    changed shard. `verify=False` skips that (the size and header checks still run on every read).
+    """
+
+    def __init__(self, path: str | Path, verify: bool = True) -> None:
         self.path = Path(path).expanduser()
         self.manifest: dict[str, Any] = load_manifest(self.path)
         self.fields: dict[str, FieldSpec] = {
@@ -49,18 +55,24 @@ class StoreReader:
         self.n_tokens: int = self.manifest["tokens_written"]
         self.complete: bool = self.manifest["status"] == "complete"
         self._starts = torch.tensor([s["start"] for s in self.shards], dtype=torch.int64)  # [n_shards]
-        if verify:
-            problems = self._problems()
-            if problems:
-                listed = "; ".join(f"{name} is {why}" for name, why in problems.items())
-                raise WorkbenchError(f"Damaged store {self.path}: {listed}. {_REDO}")
+        self._verify = bool(verify)
+        self._verified: set[int] = set()  # shards whose checksum this reader has checked
 
     def __len__(self) -> int:
         return self.n_tokens
 
     def verify(self) -> list[str]:
         """File names of shards that are missing, truncated or changed (checksum); [] when all are good."""
-        return list(self._problems())
+        return list(self.damage())
+
+    def damage(self) -> dict[str, str]:
+        """Every shard that is missing, truncated or changed (checksum), with what is wrong with it."""
+        problems = {}
+        for i, entry in enumerate(self.shards):
+            problem = size_problem(self.path, entry) or self._checksum_problem(i)
+            if problem:
+                problems[entry["file"]] = problem
+        return problems
 
     def iter_batches(
         self, fields: list[str], batch_size: int, shuffle: bool = False, seed: int = 0
@@ -195,6 +207,8 @@ class StoreReader:
         entry = self.shards[i]
         name, rows = entry["file"], entry["stop"] - entry["start"]
         problem = size_problem(self.path, entry)
+        if problem is None and self._verify and i not in self._verified:
+            problem = self._checksum_problem(i)
         if problem:
             raise WorkbenchError(f"Damaged store {self.path}: shard {name} is {problem}. {_REDO}")
         try:
@@ -225,15 +239,17 @@ class StoreReader:
         spec = self.fields[name]
         return [rows, *spec.shape], SAFETENSORS_DTYPES[spec.dtype]
 
-    def _problems(self) -> dict[str, str]:
-        problems = {}
-        for entry in self.shards:
-            problem = size_problem(self.path, entry)
-            if problem is None and checksum_file(self.path / entry["file"]) != entry["xxh3_128"]:
-                problem = "changed since it was written (checksum mismatch)"
-            if problem:
-                problems[entry["file"]] = problem
-        return problems
+    def _checksum_problem(self, i: int) -> str | None:
+        """Hash shard `i` (a whole pass over the file); remember it when it matches the manifest."""
+        entry = self.shards[i]
+        try:
+            digest = checksum_file(self.path / entry["file"])
+        except FileNotFoundError:
+            return "missing"
+        if digest != entry["xxh3_128"]:
+            return "changed since it was written (checksum mismatch)"
+        self._verified.add(i)
+        return None
 
 
 def _concat(chunks: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -244,13 +260,17 @@ def _concat(chunks: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
 
 
 _REDO = (
-    "Its values cannot be trusted: re-run the capture into a new folder "
-    "(inspect_store(path, verify=True) or `verify()` lists every bad shard)."
+    "Its values cannot be trusted, and --resume cannot repair a listed shard: re-run the capture into a "
+    "new folder. `workbench inspect DIR --verify` (or StoreReader.verify()) lists every bad shard."
 )
 
 
 def inspect_store(path: str | Path, verify: bool = False) -> dict[str, Any]:
-    """A summary of a store: tokens, completeness, fields ("hooks"), shard count and bytes on disk."""
+    """A summary of a store: tokens, completeness, fields ("hooks"), shard count and bytes on disk.
+
+    With `verify`, every shard's checksum is checked: "verified" is True when all are good, False when
+    any is bad, and "bad_shards" / "damage" name them (without `verify`, "verified" is None: unchecked).
+    """
     reader = StoreReader(path)
     summary: dict[str, Any] = {
         "tokens": reader.n_tokens,
@@ -259,7 +279,9 @@ def inspect_store(path: str | Path, verify: bool = False) -> dict[str, Any]:
         "hooks": {f.name: {"shape": list(f.shape), "dtype": f.dtype} for f in reader.fields.values()},
         "shards": len(reader.shards),
         "bytes": sum(s["bytes"] for s in reader.shards),
+        "verified": None,
     }
     if verify:
-        summary["bad_shards"] = reader.verify()
+        damage = reader.damage()
+        summary |= {"verified": not damage, "bad_shards": list(damage), "damage": damage}
     return summary

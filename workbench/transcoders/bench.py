@@ -16,7 +16,8 @@ import time
 
 import torch
 
-from workbench.corpus import TokenWindows, windows_for
+from workbench.calibration import CalibrationSource, calibration_source, calibration_windows
+from workbench.corpus import TokenWindows
 from workbench.errors import WorkbenchError
 from workbench.models import ModelHandle
 from workbench.transcoders.data import model_pairs
@@ -102,12 +103,13 @@ def bench_transcoder(
     layer: int | None = None,
     seed: int = 0,
     progress: bool = False,
+    calibration: CalibrationSource | None = None,
 ) -> dict:
+    """Train both on `train_tokens` of `calibration` (default: pydocs:train), evaluate both on `windows`."""
     layer = handle.facts.n_layers // 2 if layer is None else layer
     width = width or 16 * handle.facts.d_model
-    train_windows = windows_for(
-        handle, corpus="pydocs:train", context=windows.context, n_tokens=train_tokens, seed=seed
-    )
+    source = calibration or calibration_source(purpose="bench transcoder's training")
+    train_windows = calibration_windows(handle, source, windows.context, train_tokens, seed)
     tokens = train_windows.n_tokens
     cfg = TranscoderConfig(handle.facts.d_model, handle.facts.d_model, width, "topk", k=k, layer=layer)
     train = TrainConfig(tokens=tokens, batch_size=BATCH_TOKENS, seed=seed)
@@ -135,6 +137,7 @@ def bench_transcoder(
         "width": width,
         "k": k,
         "train_tokens": tokens,
+        "train_data": train_windows.slice_info,
         "eval_tokens": windows.n_tokens,
         "learning_rate": lr,
         "workbench": {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from workbench.cli import default_model, optional_run, positive_int, record
@@ -16,10 +17,9 @@ def cmd_transcoder(args: argparse.Namespace) -> dict:
 
 
 def _transcoder_train(args: argparse.Namespace) -> dict:
-    from workbench.corpus import windows_for
     from workbench.models import load_model
     from workbench.runs import RunFolder
-    from workbench.transcoders.run import train_transcoder
+    from workbench.transcoders.run import tokens_note, train_transcoder, training_windows
     from workbench.transcoders.train import TrainConfig
 
     if args.out is None:
@@ -30,13 +30,7 @@ def _transcoder_train(args: argparse.Namespace) -> dict:
         layer = handle.facts.n_layers // 2 if args.layer is None else args.layer
         windows = None
         if args.store is None:  # the train split, every window, in a seeded order; reused when exhausted
-            windows = windows_for(
-                handle,
-                corpus=args.corpus or "pydocs:train",
-                text=args.text,
-                context=args.context,
-                seed=args.seed,
-            )
+            windows = training_windows(handle, args.corpus, args.text, args.context, args.seed)
         train = TrainConfig(
             tokens=args.tokens or 2_000_000,
             batch_size=args.batch_tokens,
@@ -46,6 +40,9 @@ def _transcoder_train(args: argparse.Namespace) -> dict:
             checkpoint_every=args.checkpoint_every,
             seed=args.seed,
         )
+        note = tokens_note(train.tokens, train.batch_size)
+        if note:  # said before training starts, and recorded in the result's provenance
+            print(f"note: {note}.", file=sys.stderr)
         _, record = train_transcoder(
             handle,
             windows,
@@ -60,6 +57,7 @@ def _transcoder_train(args: argparse.Namespace) -> dict:
             store=args.store,
             resume=args.resume,
             windows_per_forward=args.batch_size,
+            on_start=run.begin,  # an existing run folder is rewritten only once training starts
         )
         record.provenance.command = args.command_line
         run.save([record])
@@ -76,6 +74,7 @@ def _transcoder_train(args: argparse.Namespace) -> dict:
         "width": record.width,
         "k": record.k,
         "tokens": record.tokens,
+        "tokens_requested": record.tokens_requested,
         "seconds": record.seconds,
         "tokens_per_second": record.tokens_per_second,
         "final": record.curve[-1] if record.curve else {},

@@ -7,6 +7,7 @@ A training run folder holds `transcoder/` (workbench format), `saelens/` (SAE-Le
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,7 @@ class TranscoderTraining(Result):
     source: str
     curve: list[dict]
     provenance: Provenance
+    tokens_requested: int | None = None  # --tokens N; `tokens` (trained) differs when N is not whole steps
 
     def table(self) -> pd.DataFrame:
         return pd.DataFrame(self.curve).assign(model=self.model, layer=self.layer, arch=self.arch)
@@ -67,6 +69,41 @@ class TranscoderTraining(Result):
         }
 
 
+def training_windows(
+    handle: ModelHandle,
+    corpus: str | None = None,
+    text: list[str] | None = None,
+    context: int = 128,
+    seed: int = 0,
+) -> TokenWindows:
+    """Every window of the training text in one seeded order that mixes documents and domains.
+
+    The text: `text` files, else `corpus` NAME:SPLIT as named, else NAME's train split (pydocs:train).
+    """
+    from workbench.calibration import train_split_of
+    from workbench.corpus import windows_for
+
+    if not text and not (corpus and ":" in corpus):
+        corpus = train_split_of(corpus)
+    return windows_for(handle, corpus=None if text else corpus, text=text, context=context, seed=seed)
+
+
+def tokens_note(requested: int, batch_size: int) -> str | None:
+    """Why training on `requested` tokens trains another number (whole optimiser steps), or None."""
+    steps = max(1, requested // batch_size)
+    trained = steps * batch_size
+    if trained == requested:
+        return None
+    why = (
+        f"less than one optimiser step of {batch_size} tokens (--batch-tokens)"
+        if requested < batch_size
+        else f"not a whole number of optimiser steps of {batch_size} tokens (--batch-tokens); the last "
+        f"{requested - trained} were dropped"
+    )
+    steps_text = f"{steps} step" + ("s" if steps > 1 else "")
+    return f"trained {trained} tokens in {steps_text}, not {requested}: {requested} is {why}"
+
+
 def train_transcoder(
     handle: ModelHandle,
     windows: TokenWindows | None,
@@ -82,8 +119,13 @@ def train_transcoder(
     resume: bool = False,
     windows_per_forward: int = 8,
     progress: bool = True,
+    on_start: Callable[[], None] | None = None,
 ) -> tuple[Transcoder, TranscoderTraining]:
-    """Train (or resume) a transcoder on `layer` of `handle`; weights land in `out`."""
+    """Train (or resume) a transcoder on `layer` of `handle`; weights land in `out`.
+
+    `on_start` is called once every check has passed, just before training (the run folder's begin).
+    SIGINT/SIGTERM during training save a checkpoint and raise TrainingInterrupted (see train.py).
+    """
     if handle.facts.moe:
         raise WorkbenchError(f"{handle.name} routes its MLPs to experts; transcoders need a dense MLP layer.")
     if not 0 <= layer < handle.facts.n_layers:
@@ -137,15 +179,19 @@ def train_transcoder(
             start=trainer.state.cursor,
         )
         source = "model, on the fly through a shuffle buffer"
+    if on_start is not None:
+        on_start()
     state = trainer.run(batches, progress=progress)
     save_transcoder(tc, out / "transcoder")
     save_saelens(tc, out / "saelens")
     data = windows.slice_info if windows is not None and store is None else {"store": str(store)}
+    tokens = {"tokens_requested": train.tokens, "tokens_trained": state.tokens}
+    tokens |= {"tokens_note": tokens_note(train.tokens, train.batch_size)}
     provenance = Provenance(
         model=handle.facts.to_dict(),
         data=data,
         definition=DEFINITION,
-        settings={"transcoder": cfg.to_dict(), "train": train.__dict__, "learning_rate": trainer.lr},
+        settings={"transcoder": cfg.to_dict(), "train": train.__dict__, "learning_rate": trainer.lr} | tokens,
         seed=train.seed,
     )
     record = TranscoderTraining(
@@ -163,6 +209,7 @@ def train_transcoder(
         source=source,
         curve=state.curve,
         provenance=provenance,
+        tokens_requested=train.tokens,
     )
     return tc, record
 

@@ -18,7 +18,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from workbench.errors import WorkbenchError
-from workbench.transcoders.model import Transcoder, TranscoderConfig
+from workbench.transcoders.model import Transcoder
+from workbench.transcoders.train import check_weights, config_from_dict, read_config
 
 WEIGHTS, CONFIG, OURS = "sae_weights.safetensors", "cfg.json", "workbench.json"
 ARCHITECTURE = {
@@ -61,11 +62,19 @@ def save_saelens(tc: Transcoder, folder: str | Path) -> Path:
 
 
 def load_saelens(folder: str | Path) -> Transcoder:
-    """A transcoder from an SAE-Lens folder (saved by SAE-Lens or by `save_saelens`)."""
+    """A transcoder from an SAE-Lens folder (saved by SAE-Lens or by `save_saelens`).
+
+    The config is checked against the weight file's tensor shapes before anything is allocated.
+    """
     folder = Path(folder)
     if not (folder / CONFIG).is_file() or not (folder / WEIGHTS).is_file():
         raise WorkbenchError(f"{folder} is not an SAE-Lens folder: it needs {CONFIG} and {WEIGHTS}.")
-    body = json.loads((folder / CONFIG).read_text())
+    try:
+        body = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise WorkbenchError(f"{folder / CONFIG} is not valid JSON ({err}).") from None
+    if not isinstance(body, dict):
+        raise WorkbenchError(f"{folder / CONFIG} must hold a JSON object (SAE-Lens's config).")
     arch = body.get("architecture", "standard")
     known = {v: k for k, v in ARCHITECTURE.items()}
     if arch not in known:
@@ -77,23 +86,39 @@ def load_saelens(folder: str | Path) -> Transcoder:
         raise WorkbenchError(f"{folder} normalises its activations; only 'none' is supported.")
     kind, skip = known[arch]
     if (folder / OURS).is_file():
-        cfg = TranscoderConfig.from_dict(json.loads((folder / OURS).read_text()))
+        cfg = read_config(folder / OURS)
+        theirs = {"d_in": body.get("d_in"), "d_sae": body.get("d_sae"), "d_out": body.get("d_out", cfg.d_out)}
+        ours = {"d_in": cfg.d_in, "d_sae": cfg.width, "d_out": cfg.d_out}
+        if theirs != ours or (cfg.arch, cfg.skip) != (kind, skip):
+            raise WorkbenchError(
+                f"{folder / CONFIG} ({arch}, {theirs}) and {folder / OURS} ({cfg.arch}, skip={cfg.skip}, "
+                f"{ours}) describe different transcoders; re-save the folder, or delete {OURS} to load "
+                f"from {CONFIG} alone."
+            )
     else:
-        meta = body.get("metadata") or {}
-        cfg = TranscoderConfig(
-            d_in=body["d_in"],
-            d_out=body.get("d_out", body["d_in"]),
-            width=body["d_sae"],
-            arch=kind,
-            k=body.get("k"),
-            skip=skip,
-            model=meta.get("model_name") or "",
-            layer=int(meta.get("hook_layer") or 0),
-            hook_in=meta.get("hook_name") or "",
-            hook_out=meta.get("hook_name_out") or "",
+        missing = [key for key in ("d_in", "d_sae") if key not in body]
+        if missing:
+            raise WorkbenchError(f"{folder / CONFIG} lacks {', '.join(missing)}; SAE-Lens writes both.")
+        meta = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
+        layer = meta.get("hook_layer") or 0
+        cfg = config_from_dict(
+            {
+                "d_in": body["d_in"],
+                "d_out": body.get("d_out", body["d_in"]),
+                "width": body["d_sae"],
+                "arch": kind,
+                "k": body.get("k"),
+                "skip": skip,
+                "model": str(meta.get("model_name") or ""),
+                "layer": int(layer) if isinstance(layer, str) and layer.isdigit() else layer,
+                "hook_in": str(meta.get("hook_name") or ""),
+                "hook_out": str(meta.get("hook_name_out") or ""),
+            },
+            folder / CONFIG,
         )
-    tc = Transcoder(cfg)
+    check_weights(cfg, folder / WEIGHTS, folder / CONFIG)
     weights = load_file(folder / WEIGHTS)
+    tc = Transcoder(cfg)
     tc.load_state_dict({k: v.float() for k, v in weights.items() if k in dict(tc.named_parameters())})
     return tc
 

@@ -9,22 +9,28 @@ A feature is dead when it has not fired for `dead_tokens` tokens (1/40 of the ru
 
 Checkpoints (weights, optimiser, counters, data cursor) are written atomically every
 `checkpoint_every` steps and at the end; `train(..., resume=True)` continues from the last one.
+SIGINT or SIGTERM during `Trainer.run` finishes the current step, writes a checkpoint and raises
+`TrainingInterrupted` (a second signal stops at once, without one).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import pickle
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from workbench.errors import WorkbenchError
 from workbench.transcoders.data import Batch
 from workbench.transcoders.model import Transcoder, TranscoderConfig, TranscoderOutput
 
@@ -81,6 +87,33 @@ class TrainState:
     curve: list[dict] = field(
         default_factory=list
     )  # every LOG_EVERY steps: step, tokens, loss, fvu, l0, dead
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on SIGINT/SIGTERM after saving a checkpoint; the message says how to resume."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum  # what a shell reports for a process the signal ended
+
+
+def note_stop_signals(requested: list[int]) -> dict:
+    """Until `restore_signals`, SIGINT and SIGTERM are appended to `requested` instead of stopping the
+    process; a second one raises KeyboardInterrupt at once. Only the main thread can take signals."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def note(signum, frame) -> None:
+        if requested:
+            raise KeyboardInterrupt
+        requested.append(signum)
+
+    return {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)}
+
+
+def restore_signals(previous: dict) -> None:
+    for s, handler in previous.items():
+        signal.signal(s, handler if handler is not None else signal.SIG_DFL)
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -206,11 +239,25 @@ class Trainer:
         shutil.rmtree(old, ignore_errors=True)
 
     def load(self, folder: Path) -> None:
-        self.tc.load_state_dict(load_weights(folder))
-        extra = torch.load(folder / "optim.pt", weights_only=True)
-        self.optimiser.load_state_dict(extra["optimiser"])
-        self.last_fired = extra["last_fired"]
-        self.state = TrainState(**json.loads((folder / "state.json").read_text())["state"])
+        """Resume from a checkpoint folder; refuse one of another transcoder, a damaged or unsafe one."""
+        saved = read_config(folder / "config.json")
+        if saved.to_dict() != self.tc.cfg.to_dict():
+            differ = sorted(k for k, v in saved.to_dict().items() if self.tc.cfg.to_dict()[k] != v)
+            raise WorkbenchError(
+                f"The checkpoint in {folder} is of a different transcoder ({', '.join(differ)} differ from "
+                "this command's); resume with the same settings, or start a new --out."
+            )
+        self.tc.load_state_dict(load_weights(folder, saved))
+        extra = safe_torch_load(folder / "optim.pt")
+        try:
+            self.optimiser.load_state_dict(extra["optimiser"])
+            self.last_fired = extra["last_fired"]
+            self.state = TrainState(**json.loads((folder / "state.json").read_text())["state"])
+        except (KeyError, TypeError, ValueError, OSError) as err:  # JSONDecodeError is a ValueError
+            raise WorkbenchError(
+                f"The checkpoint in {folder} is damaged ({type(err).__name__}: {err}); delete it and start "
+                "again without --resume."
+            ) from err
 
     def run(self, batches: Iterator[Batch], progress: bool = True) -> TrainState:
         cfg = self.cfg
@@ -222,8 +269,12 @@ class Trainer:
             disable=not progress,
         )
         start = time.perf_counter() - self.state.seconds
+        stop: list[int] = []  # SIGINT/SIGTERM are noted here; the loop then saves a checkpoint and stops
+        previous = note_stop_signals(stop)
         try:
             while self.state.step < cfg.steps:
+                if stop:
+                    self.interrupted(stop[0])
                 self.step(next(batches))
                 self.state.seconds = time.perf_counter() - start
                 bar.update(1)
@@ -248,8 +299,23 @@ class Trainer:
                     self.save()
         finally:
             bar.close()
+            restore_signals(previous)
         self.save()
         return self.state
+
+    def interrupted(self, signum: int) -> None:
+        """Save a checkpoint now and raise TrainingInterrupted saying how to continue."""
+        self.save()
+        where = (
+            f"checkpoint saved in {self.out / CHECKPOINT}; run the same command with --resume to continue"
+            if self.out is not None
+            else "no checkpoint (no output folder)"
+        )
+        raise TrainingInterrupted(
+            f"transcoder training stopped by {signal.Signals(signum).name} at step {self.state.step} of "
+            f"{self.cfg.steps}: {where}.",
+            signum,
+        )
 
 
 def save_transcoder(tc: Transcoder, folder: Path) -> None:
@@ -260,13 +326,130 @@ def save_transcoder(tc: Transcoder, folder: Path) -> None:
     (folder / "config.json").write_text(json.dumps(tc.cfg.to_dict(), indent=2))
 
 
-def load_weights(folder: Path) -> dict[str, torch.Tensor]:
+def load_weights(folder: Path, cfg: TranscoderConfig | None = None) -> dict[str, torch.Tensor]:
+    """The weights of a workbench transcoder folder; with `cfg`, their shapes are checked against it first."""
+    if cfg is not None:
+        check_weights(cfg, folder / "weights.safetensors", folder / "config.json")
     return load_file(folder / "weights.safetensors")
 
 
 def load_transcoder(folder: str | Path) -> Transcoder:
+    """A transcoder from its folder, its config and weight shapes checked before anything is allocated."""
     folder = Path(folder)
-    cfg = TranscoderConfig.from_dict(json.loads((folder / "config.json").read_text()))
+    cfg = read_config(folder / "config.json")
+    weights = load_weights(folder, cfg)
     tc = Transcoder(cfg)
-    tc.load_state_dict(load_weights(folder))
+    tc.load_state_dict(weights)
     return tc
+
+
+def read_config(path: Path) -> TranscoderConfig:
+    """A workbench transcoder config.json: valid JSON, exactly the known keys, values of the right types."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise WorkbenchError(
+            f"Cannot read the transcoder config {path} ({err}); re-save the transcoder."
+        ) from None
+    return config_from_dict(data, path)
+
+
+def config_from_dict(data: object, where: Path | str) -> TranscoderConfig:
+    """TranscoderConfig(**data), refusing unknown, missing and mistyped keys with a message naming them."""
+    known = {f.name: f for f in fields(TranscoderConfig)}
+    if not isinstance(data, dict):
+        raise WorkbenchError(f"{where} must hold a JSON object with the keys {sorted(known)}.")
+    required = {n for n, f in known.items() if f.default is MISSING and f.default_factory is MISSING}
+    unknown, missing = sorted(set(data) - set(known)), sorted(required - set(data))
+    if unknown or missing:
+        raise WorkbenchError(
+            f"{where} is not a transcoder config this workbench reads: "
+            + "; ".join(
+                [f"unknown key(s) {unknown}"] * bool(unknown) + [f"missing key(s) {missing}"] * bool(missing)
+            )
+            + f". Its keys are {sorted(known)}; re-save the transcoder, or fix the file."
+        )
+    counts = {"d_in": 1, "d_out": 1, "width": 1, "layer": 0}
+    for key, low in counts.items():
+        value = data.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise WorkbenchError(f"{where}: {key} must be an integer >= {low}, got {value!r}.")
+    k, l1 = data.get("k"), data.get("l1")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int)):
+        raise WorkbenchError(f"{where}: k must be an integer or null, got {k!r}.")
+    if l1 is not None and (isinstance(l1, bool) or not isinstance(l1, int | float) or not l1 >= 0):
+        raise WorkbenchError(f"{where}: l1 must be a number >= 0 or null, got {l1!r}.")
+    for key, kind in (("arch", str), ("model", str), ("hook_in", str), ("hook_out", str), ("skip", bool)):
+        if key in data and not isinstance(data[key], kind):
+            raise WorkbenchError(f"{where}: {key} must be a {kind.__name__}, got {data[key]!r}.")
+    if not isinstance(data.get("extra", {}), dict):
+        raise WorkbenchError(f"{where}: extra must be a JSON object, got {data['extra']!r}.")
+    try:
+        return TranscoderConfig(**data)
+    except WorkbenchError as err:
+        raise WorkbenchError(f"{where}: {err}") from None
+
+
+def expected_shapes(cfg: TranscoderConfig) -> dict[str, tuple[int, ...]]:
+    """The tensors a transcoder of `cfg` holds, SAE-Lens layout."""
+    shapes = {
+        "W_enc": (cfg.d_in, cfg.width),
+        "b_enc": (cfg.width,),
+        "W_dec": (cfg.width, cfg.d_out),
+        "b_dec": (cfg.d_out,),
+    }
+    return shapes | ({"W_skip": (cfg.d_out, cfg.d_in)} if cfg.skip else {})
+
+
+def check_weights(cfg: TranscoderConfig, weights: Path, config: Path) -> None:
+    """Before anything is allocated: the weight file holds every tensor `cfg` needs, in its shape, and
+    building the transcoder fits in memory (a config claiming 10^12 features is refused here)."""
+    import psutil
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            stored = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError) as err:
+        raise WorkbenchError(
+            f"{weights} is not a readable safetensors file ({err}); re-save the transcoder."
+        ) from None
+    expected = expected_shapes(cfg)
+    missing = [key for key in expected if key not in stored]
+    wrong = [f"{k} is {list(stored[k])}, not {list(v)}" for k, v in expected.items() if stored.get(k, v) != v]
+    if missing or wrong:
+        problems = ([f"it lacks {', '.join(missing)}"] if missing else []) + wrong
+        raise WorkbenchError(
+            f"{config} does not match {weights}: {'; '.join(problems)} (d_in={cfg.d_in}, width={cfg.width}, "
+            f"d_out={cfg.d_out}, skip={cfg.skip}). The config or the weights were edited or mixed up; "
+            "re-save the transcoder."
+        )
+    needed = 2 * 4 * sum(math.prod(shape) for shape in expected.values())  # initial float32 + loaded copy
+    available = psutil.virtual_memory().available
+    if needed > available:
+        raise WorkbenchError(
+            f"Loading {weights} needs about {needed / 2**30:.1f} GiB of memory; {available / 2**30:.1f} GiB "
+            "is free. Free memory or load it on a larger machine."
+        )
+
+
+def safe_torch_load(path: Path) -> dict:
+    """torch.load with weights_only=True; a file it refuses is reported as unsafe, never loaded anyway."""
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as err:
+        lines = [line.strip() for line in str(err).splitlines()]
+        found = (line for line in lines if "nsupported" in line and "weights_only" not in line)
+        # torch's reason, without its advice on how to allow the object anyway
+        reason = next(found, "refused by the safe loader").removeprefix("WeightsUnpickler error: ")
+        reason = reason.split(" Please ")[0].split(" was not an allowed global")[0].rstrip(".")
+        raise WorkbenchError(
+            f"{path} is not safe to load: torch's safe loader refused it ({reason}). It holds Python "
+            "objects other than tensors, numbers and containers, whose unpickling could run arbitrary "
+            "code, or it is damaged. The workbench writes no such file; do not resume from it: delete its "
+            "folder and train again without --resume."
+        ) from None
+    except (RuntimeError, OSError, EOFError) as err:
+        raise WorkbenchError(
+            f"{path} is damaged ({err}); delete its folder and train again without --resume."
+        ) from None
