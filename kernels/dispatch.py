@@ -7,7 +7,7 @@ WORKBENCH_DISABLE_TRITON=1 always wins, forced or not: it is the switch that rul
 a kernel is suspected, so it must not be overridable by a call site.
 
 The rules (`triton_wins_*`) follow the H200 measurements of kernels/gpu_check.py (RESULTS.md, "GPU
-(H200)", report kernels/gpu_results_h200.json): device times of CUDA-graph replays, bfloat16, weights
+(H200)", reports kernels/gpu_results_h200*.json): device times of CUDA-graph replays, bfloat16, weights
 read from HBM. Shapes between measured points follow the nearer side conservatively (torch).
 """
 
@@ -70,11 +70,37 @@ def use_triton(*tensors: torch.Tensor | None, backend: str | None = None, triton
 # ---- where each Triton kernel measured faster than its torch path (H200, bfloat16) ----
 
 
+FUSED_MAX_TOKENS = 16
+
+
+def fused_mlp_pays(tokens: int, k: int, d_mlp: int) -> bool:
+    """Per-token neuron sets on Triton: the fused kernel (one launch, each listed row read once, atomic adds
+    into a float32 output) for up to 16 tokens that read at most 1.8 d_mlp rows in all (any count on
+    MLPs of at most 2048 neurons), else the two kernels (activations, then the row sum; deterministic).
+    1.8 lies between the largest measured win (1.6 d_mlp rows: 16 tokens at 90 %) and the smallest loss.
+
+    Measured as whole calls (H200, bfloat16, kernels/gpu_results_h200_fused.json): 7B-class (11008
+    neurons) at 90 %, 1/4/16 tokens, fused 0.015/0.034/0.108 ms against two kernels 0.026/0.047/0.133;
+    SmolLM2 (1536) faster at every point (1-16 tokens, 50-97 %). With the first fused launch the fused
+    kernel lost at 50 % from 4 tokens (2 d_mlp rows: 0.239 against 0.168 ms)."""
+    return 0 < tokens <= FUSED_MAX_TOKENS and (tokens * k <= 1.8 * d_mlp or d_mlp <= 2048)
+
+
 def triton_wins_per_token_mlp(tokens: int, k: int, d_mlp: int) -> bool:
-    """Per-token neuron sets (the whole MLP, or its down projection): the kernels read tokens * k weight
-    rows one by one, the torch path (dense activations, one GEMM) all d_mlp rows at full bandwidth.
-    Measured: one token at 90 % and 97 % skipped wins (7B-class, 1101 of 11008 rows: 0.023 ms against
-    0.083 for the masked dense MLP); one token at 50 %, and 16 or more tokens at 90 %, lose."""
+    """The whole per-token MLP: Triton (the fused kernel) where fused_mlp_pays, else torch (on a GPU,
+    dense activations and one GEMM on the scattered activations, slower than the plain dense MLP: 0.10
+    against 0.082 ms for one 7B-class token, 0.15 at 16 tokens). Measured wins over that torch path:
+    7B-class one token at 50/90/97 % (0.070/0.015/0.011 ms against 0.104/0.101/0.098; 0.070 and 0.011
+    with the first fused launch), 16 tokens at 90 % (0.108 against 0.153) and 97 %; SmolLM2 at every
+    point. Lost: 7B-class from 4 tokens at 50 % (the first fused launch 0.239 and the two kernels 0.168
+    against 0.148 ms)."""
+    return fused_mlp_pays(tokens, k, d_mlp)
+
+
+def triton_wins_down_project(tokens: int, k: int, d_mlp: int) -> bool:
+    """The down projection alone (top-k sets): the row-sum kernel reads tokens * k rows one by one, the
+    torch path (scatter, one GEMM) all d_mlp rows at full bandwidth. Measured: one token at 90 % wins
+    (7B-class: 0.013 ms with the swept launch against 0.036); 16 tokens lose (0.069 against 0.037)."""
     return tokens * k * 8 <= d_mlp
 
 

@@ -36,6 +36,7 @@ import time
 import traceback
 import types
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -229,6 +230,7 @@ def _parity_mlp(device: str, dtype, small: bool) -> list[dict]:
                 "sparse_mlp_per_token", case, dtype, y, ref, sparse_mlp_per_token(x, p, idx, backend="torch")
             )
         )
+        rows.extend(_parity_fused(case, dtype, x, p, bad, idx, ref))
         a_sel = torch.randn(T, K, device=device, dtype=dtype)
         ref_down = _down_ref(a_sel.double(), idx, _as64(p))
         poison(device)
@@ -257,6 +259,81 @@ def _parity_mlp(device: str, dtype, small: bool) -> list[dict]:
             rows.append(_row("sparse_mlp_per_token", f"blocks up={up} down={down}", dtype, y, ref))
             y = triton_down_project(a_sel, idx, bad, down)
             rows.append(_row("down_project_per_token", f"blocks {down}", dtype, y, ref_down))
+    return rows
+
+
+def _parity_fused(case, dtype, x, p, bad, idx, ref, more: bool = True) -> list[dict]:
+    """The fused kernel (what the per-token call runs for few tokens) and the two kernels, side by side, on
+    NaN-poisoned unlisted rows: whole rows, rows walked in column blocks, and the in-kernel cast."""
+    from workbench.kernels._triton_sparse_mlp import (
+        FusedBlocks,
+        fused_blocks,
+        triton_sparse_mlp_fused,
+        triton_sparse_mlp_two_kernels,
+    )
+    from workbench.kernels.sparse_mlp import sparse_mlp_per_token
+
+    T, k = idx.shape
+    D = x.shape[1]
+    y_torch = sparse_mlp_per_token(x, p, idx, backend="torch")
+    rows = []
+    poison(x.device.type)
+    rows.append(
+        _row("sparse_mlp_two_kernels", case, dtype, triton_sparse_mlp_two_kernels(x, bad, idx), ref, y_torch)
+    )
+    default = fused_blocks(T, k, D)
+    variants = (FusedBlocks(2, 64, 2, 6), FusedBlocks(8, 32, 4, 8, True)) if more else ()
+    for fb in (default, replace(default, cast=True), *variants):
+        poison(x.device.type)
+        y = triton_sparse_mlp_fused(x, bad, idx, fb)
+        rows.append(_row("sparse_mlp_fused", f"{case} {fb}", dtype, y, ref, y_torch))
+    return rows
+
+
+def _parity_fused_wide(device: str, small: bool) -> list[dict]:
+    """The fused kernel at the launches the timed shapes get (whole 4096-wide rows, 8 warps; 576 wide), on
+    NaN-poisoned unlisted rows, in float32 and bfloat16; and the in-kernel cast repeated, against its own
+    float32 result, to catch a token's last program casting before every add has landed."""
+    torch = _torch()
+    from workbench.kernels._triton_sparse_mlp import fused_blocks, triton_sparse_mlp_fused
+    from workbench.kernels.sparse_mlp import MlpParams
+
+    rows = []
+    shapes = (
+        [(40, 96, 1, 30)] if small else [(4096, 2048, 1, 205), (4096, 2048, 4, 205), (576, 1536, 16, 154)]
+    )
+    for D, DM, T, K in shapes:
+        for dtype in (torch.float32, torch.bfloat16):
+            torch.manual_seed(0)
+            w = lambda *s: torch.randn(*s, device=device, dtype=torch.float64) / s[-1] ** 0.5  # noqa: E731
+            p64 = MlpParams(w_in=w(DM, D), w_gate=w(DM, D), w_out=w(DM, D), act="silu")
+            p = MlpParams(
+                w_in=p64.w_in.to(dtype), w_gate=p64.w_gate.to(dtype), w_out=p64.w_out.to(dtype), act="silu"
+            )
+            pool = DM // 2
+            unlisted = torch.arange(pool, DM, device=device)
+            bad = MlpParams(
+                **{f: _nan_rows(getattr(p, f), unlisted) for f in ("w_in", "w_gate", "w_out")}, act="silu"
+            )
+            idx = torch.rand(T, pool, device=device).argsort(1)[:, :K]
+            idx[0, -3:] = -1
+            x = torch.randn(T, D, device=device, dtype=dtype)
+            ref = _per_token_ref(x.double(), _as64(p), idx)
+            case = f"gated silu T={T} d={D} d_mlp={DM} k={K}"
+            rows.extend(_parity_fused(case, dtype, x, p, bad, idx, ref, more=False))
+            if dtype == torch.bfloat16:
+                fb = replace(fused_blocks(T, K, D), cast=True)
+                exact = triton_sparse_mlp_fused(x.float(), p, idx, fb)  # float32: no cast, same sums
+                worst = 0.0
+                for _ in range(3 if small else 200):
+                    poison(device)
+                    y = triton_sparse_mlp_fused(x, bad, idx, fb).float()
+                    worst = max(worst, float((y - exact).abs().max() / exact.abs().max()))
+                ok = math.isfinite(worst) and worst < 1e-2  # bf16 rounding of x and the output only
+                rows.append(
+                    {"kernel": "sparse_mlp_fused", "case": f"{case} cast in kernel x{3 if small else 200}",
+                     "dtype": "bfloat16", "rel_err": worst, "tol": 1e-2, "ok": ok}
+                )  # fmt: skip
     return rows
 
 
@@ -557,7 +634,7 @@ def kernel_stats() -> list[dict]:
     """Registers, spills and shared memory of every compiled specialisation (from Triton's caches)."""
     out = []
     names = {
-        "_triton_sparse_mlp": ("_gather_dot_kernel", "_gather_sum_kernel"),
+        "_triton_sparse_mlp": ("_gather_dot_kernel", "_gather_sum_kernel", "_fused_mlp_kernel"),
         "_triton_masked_matmul": ("_nm_kernel", "_nm_gemv_kernel", "_block_masked_kernel"),
         "_triton_head_attention": ("_attention_kernel",),
         "_triton_moe": ("_gate_up_kernel", "_down_kernel"),
@@ -772,6 +849,226 @@ def _sweep_mlp(device, shape, dtype, x, ps, idx, n):
         except Exception as error:
             row["error"] = f"{type(error).__name__}: {error}"
         yield row
+
+
+# ---- the per-token sparse MLP as whole calls (`--only sparse_mlp`) ----
+
+
+def sparse_mlp_section(device: str, small: bool) -> dict:
+    """Parity of the per-token MLP kernels (fused and two-kernel paths, NaN-poisoned rows) and the whole
+    per-token call timed against the dense MLP: the focused check of the fused kernel. Parts in order of
+    need, each saved as it ends and skipped once the time budget is spent: parity at the timed launches,
+    the timings, the fused kernel's launch sweep, parity in three dtypes over every activation."""
+    torch = _torch()
+    out: dict = {"parity": [], "timings": []}
+    REPORT["sections"]["sparse_mlp"] = out
+
+    def parity_all_dtypes():
+        for dtype in [torch.float32] if small else [torch.float32, torch.bfloat16, torch.float16]:
+            if elapsed() > ARGS.budget_s:
+                yield {"kernel": "part", "dtype": str(dtype), "skipped": "budget"}
+                continue
+            torch.manual_seed(0)
+            yield from _parity_mlp(device, dtype, small)
+
+    parts = (
+        ("parity", lambda: _parity_fused_wide(device, small)),
+        ("timings", lambda: _time_mlp_calls(device, small)),
+        ("timings", lambda: _sweep_fused(device, small)),
+        ("parity", parity_all_dtypes),
+    )
+    for key, part in parts:
+        torch.manual_seed(0)
+        if elapsed() > ARGS.budget_s:
+            out[key].append({"kernel": "part", "skipped": f"budget spent at {elapsed():.0f} s"})
+            continue
+        try:
+            with torch.inference_mode():
+                for row in part():
+                    out[key].append(row)
+                    _print_call_row(row) if key == "timings" else _print_parity_row(row)
+                    save()
+        except Exception:
+            out[key].append({"kernel": "part", "error": traceback.format_exc()})
+            log(f"!! sparse_mlp {key}:\n{out[key][-1]['error']}")
+        torch.cuda.empty_cache() if device == "cuda" else None
+        save()
+    out["compiled"] = [r for r in kernel_stats() if "mlp" in r["kernel"] or "gather" in r["kernel"]]
+    out["parity_failures"] = sum(1 for r in out["parity"] if not r.get("ok") and "skipped" not in r)
+    return out
+
+
+def _print_parity_row(r: dict) -> None:
+    flag = "ok " if r.get("ok") else "BAD"
+    case, err = r.get("case", "")[:70], r.get("rel_err", "-")
+    log(f"  {flag} {r['kernel']:22} {case:70} {r.get('dtype', ''):9} err {err}")
+
+
+CALL_PATHS = ("call", "fused", "fused_cast", "two_kernels", "torch", "baseline")
+
+
+def _print_call_row(r: dict) -> None:
+    f = lambda v, p=3: "-" if v is None else f"{v:.{p}f}"  # noqa: E731
+    if "shape" not in r:
+        return
+    if r["kernel"] == "sweep_fused_mlp":
+        blocks = r.get("blocks", "")
+        log(f"  sweep {r['shape']:40} {blocks:60} {f(r.get('ms'))} ms err {f(r.get('rel_err'), 5)}")
+        return
+    times = " ".join(f"{n} {f(r.get(f'{n}_ms'))}" for n in CALL_PATHS)
+    fracs = " ".join(
+        f"{n} {f(r.get(f'{n}_of_limit'), 2)}" for n in ("call", "fused", "fused_cast", "two_kernels")
+    )
+    log(f"  {r['shape']:48} {times} | of limit: {fracs} | err {f(r.get('rel_err'), 4)}")
+
+
+def _time_mlp_calls(device: str, small: bool):
+    """The whole per-token call, each path timed as the call it is (zeroing, casts and all): CUDA graphs of
+    calls cycling through weight copies (weights from HBM), and eager do_bench. Gated SiLU at SmolLM2 and
+    7B-class shapes, 1/4/16 tokens, 50/90/97 % skipped; a non-gated ReLU 7B-class MLP at 90 %.
+
+    call: sparse_mlp_per_token(backend="triton") as dispatched (the fused kernel up to
+    dispatch.FUSED_MAX_TOKENS); fused / fused_cast: the fused kernel, cast by torch / by its last program;
+    two_kernels: activations then row sum; torch: the torch path on a GPU (dense activations, one GEMM);
+    baseline: the dense MLP (F.linear). <path>_of_limit = (baseline / path) / (1 / (1 - s))."""
+    torch = _torch()
+    from workbench.kernels._triton_sparse_mlp import (
+        fused_blocks,
+        triton_sparse_mlp_fused,
+        triton_sparse_mlp_two_kernels,
+    )
+    from workbench.kernels.dispatch import fused_mlp_pays, triton_wins_per_token_mlp
+    from workbench.kernels.sparse_mlp import MlpParams, mlp_dense, sparse_mlp_per_token
+
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    shapes = {"tiny": (40, 64)} if small else {"smollm2": (576, 1536), "7b": (4096, 11008)}
+    cases = [(name, gated, s) for name in shapes for gated in (True,) for s in (0.5, 0.9, 0.97)]
+    cases += [("7b" if not small else "tiny", False, 0.9)]
+    timer = Timer(device)
+    for name, gated, s in cases:
+        d, dm = shapes[name]
+        n_mats = 3 if gated else 2
+        full_bytes = n_mats * d * dm * torch.empty(0, dtype=dtype).element_size()
+        k = max(1, round((1 - s) * dm))
+        n = 1 if small else copies_for(full_bytes * (1 - s))
+
+        def w():
+            return (torch.randn(dm, d, device=device) / d**0.5).to(dtype)  # noqa: B023
+
+        act = "silu" if gated else "relu"
+        ps = [MlpParams(w_in=w(), w_gate=w() if gated else None, w_out=w(), act=act) for _ in range(n)]
+        for T in (1, 4, 16):
+            if elapsed() > ARGS.budget_s:
+                yield {"kernel": "sparse_mlp_call", "skipped": f"{name} s={s} T={T}: budget"}
+                continue
+            x = torch.randn(T, d, device=device, dtype=dtype)
+            idx = torch.rand(T, dm, device=device).topk(k, dim=1).indices
+            listed = torch.zeros(dm, dtype=torch.bool, device=device).index_fill_(0, idx.flatten(), True)
+            cast = replace(fused_blocks(T, k, d), cast=True)
+            fns = {
+                "call": per_copy(sparse_mlp_per_token, x, ps, idx, backend="triton"),
+                "fused": per_copy(triton_sparse_mlp_fused, x, ps, idx),
+                "fused_cast": per_copy(triton_sparse_mlp_fused, x, ps, idx, cast),
+                "two_kernels": per_copy(triton_sparse_mlp_two_kernels, x, ps, idx),
+                "torch": per_copy(sparse_mlp_per_token, x, ps, idx, backend="torch"),
+                "baseline": per_copy(mlp_dense, x, ps),
+            }
+            shape = f"{name} {'gated silu' if gated else 'relu'} s={s} T={T} k={k}"
+            row = {
+                "kernel": "sparse_mlp_call", "shape": shape, "d_model": d, "d_mlp": dm, "gated": gated,
+                "skip": s, "tokens": T, "k": k, "dtype": str(dtype).removeprefix("torch."), "copies": n,
+                "limit": 1 / (1 - s), "union_limit": dm / float(listed.sum()),
+                "fused_blocks": str(fused_blocks(T, k, d)), "call_path": "fused" if fused_mlp_pays(T, k, d)
+                else "two_kernels", "auto_takes_triton": triton_wins_per_token_mlp(T, k, dm),
+            }  # fmt: skip
+            try:
+                ref = fns["torch"](0).float()
+                scale = float(ref.abs().max().clamp_min(1e-30))
+                row["rel_err"] = {
+                    m: float((fns[m](0).float() - ref).abs().max()) / scale for m in CALL_PATHS[:4]
+                }
+                for m, fn in fns.items():
+                    row[f"{m}_eager_ms"] = timer.eager(partial(fn, 0))
+                    row[f"{m}_ms"] = (
+                        None if ARGS.no_graphs else timer.graph([partial(fn, i) for i in range(n)])
+                    )
+                key = "ms" if row["baseline_ms"] is not None else "eager_ms"
+                for m in CALL_PATHS[:5]:
+                    t_m = row[f"{m}_{key}"]
+                    row[f"{m}_speedup"] = row[f"baseline_{key}"] / t_m if t_m else None
+                    row[f"{m}_of_limit"] = row[f"{m}_speedup"] / row["limit"] if t_m else None
+                row["timing"] = "graph" if key == "ms" else "eager"
+                row["rel_err_max"] = max(row["rel_err"].values())
+            except Exception:
+                row["error"] = traceback.format_exc()
+            row["rel_err"], row["rel_err_by_path"] = row.get("rel_err_max"), row.get("rel_err")
+            yield row
+        del ps
+        torch.cuda.empty_cache() if device == "cuda" else None
+
+
+FUSED_CONFIGS = {  # FusedBlocks(j, d, warps, chunk (0: one wave), cast, per_sm); d capped at the row's width
+    "wide": (
+        (4, 4096, 8, 0, False, 1), (4, 4096, 8, 4), (4, 4096, 8, 8), (4, 4096, 8, 16),
+        (4, 4096, 8, 0, False, 2), (2, 4096, 4, 0, False, 2), (2, 4096, 8, 0, False, 1),
+        (4, 4096, 16, 0, False, 1), (8, 2048, 8, 0, False, 1), (4, 4096, 8, 0, True, 1),
+    ),
+    "narrow": (
+        (4, 1024, 4, 0, False, 4), (4, 1024, 4, 4), (4, 1024, 4, 8), (8, 1024, 4, 8), (2, 1024, 2, 2),
+        (4, 1024, 4, 16), (8, 1024, 8, 16), (2, 1024, 2, 0, False, 8), (4, 1024, 4, 0, True, 4),
+    ),
+}  # fmt: skip
+
+
+def _sweep_fused(device: str, small: bool):
+    """Launches of the fused kernel, each the whole fused call (zeroing and cast included), graphs only;
+    gated SiLU at 90 %, 1/4/16 tokens; rel_err against the default launch."""
+    torch = _torch()
+    from workbench.kernels._triton_sparse_mlp import FusedBlocks, triton_sparse_mlp_fused
+    from workbench.kernels.sparse_mlp import MlpParams
+
+    if ARGS.no_sweep:
+        return
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    shapes = {"tiny": (40, 64)} if small else {"smollm2": (576, 1536), "7b": (4096, 11008)}
+    timer = Timer(device)
+    for name, (d, dm) in shapes.items():
+        k = round(0.1 * dm)
+        n = 1 if small else copies_for(3 * d * dm * 2 * 0.1)
+        ps = [
+            MlpParams(
+                **{
+                    f: (torch.randn(dm, d, device=device) / d**0.5).to(dtype)
+                    for f in ("w_in", "w_gate", "w_out")
+                },
+                act="silu",
+            )
+            for _ in range(n)
+        ]
+        configs = FUSED_CONFIGS["wide" if d > 1024 else "narrow"]
+        for T in (1, 4, 16):
+            if elapsed() > ARGS.budget_s:
+                yield {"kernel": "sweep_fused_mlp", "skipped": f"{name} T={T}: budget"}
+                continue
+            x = torch.randn(T, d, device=device, dtype=dtype)
+            idx = torch.rand(T, dm, device=device).topk(k, dim=1).indices
+            ref = triton_sparse_mlp_fused(x, ps[0], idx).float()
+            for cfg in configs:
+                blocks = FusedBlocks(*cfg)
+                row = {
+                    "kernel": "sweep_fused_mlp",
+                    "shape": f"{name} s=0.9 T={T} k={k}",
+                    "blocks": str(blocks),
+                }
+                try:
+                    fns = [partial(triton_sparse_mlp_fused, x, ps[i], idx, blocks) for i in range(n)]
+                    row["rel_err"] = float((fns[0]().float() - ref).abs().max() / ref.abs().max())
+                    row["ms"] = timer.graph(fns) if device == "cuda" else timer.eager(fns[0])
+                except Exception as error:
+                    row["error"] = f"{type(error).__name__}: {error}"
+                yield row
+        del ps
+        torch.cuda.empty_cache() if device == "cuda" else None
 
 
 def _time_nm(device: str, small: bool):
@@ -1320,6 +1617,7 @@ def main(argv: list[str] | None = None) -> int:
         ("ceilings", lambda: ceilings(device)),
         ("parity", lambda: parity_rows(device, ARGS.small)),
         ("timings", lambda: timing_rows(device, ARGS.small)),
+        ("sparse_mlp", lambda: sparse_mlp_section(device, ARGS.small)),
         ("replay", lambda: replay_section(device, ARGS.small)),
         ("capture", lambda: capture_section(device, ARGS.small)),
         ("pytest", lambda: pytest_section(device, ARGS.small)),
@@ -1329,7 +1627,9 @@ def main(argv: list[str] | None = None) -> int:
             section(name, fn)
     REPORT["total_s"] = round(elapsed(), 1)
     save()
-    bad = [r for r in REPORT["sections"].get("parity") or [] if not r.get("ok")]
+    mlp = REPORT["sections"].get("sparse_mlp") or {}
+    rows = (REPORT["sections"].get("parity") or []) + (mlp.get("parity", []) if isinstance(mlp, dict) else [])
+    bad = [r for r in rows if not r.get("ok") and "skipped" not in r]
     log(f"done in {elapsed():.0f} s; parity failures: {len(bad)}; section errors: {sorted(REPORT['errors'])}")
     return 1 if bad or REPORT["errors"] else 0
 

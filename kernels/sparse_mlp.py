@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from workbench.kernels.activation import act_code, activation_fn
-from workbench.kernels.dispatch import triton_wins_per_token_mlp, use_triton
+from workbench.kernels.dispatch import triton_wins_down_project, triton_wins_per_token_mlp, use_triton
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,9 +127,10 @@ def sparse_mlp_per_token(
     y_t = sum_j a_tj w_out[idx_tj] + b_out with a_tj = act(x_t . w_in[idx_tj] + b_in[idx_tj]), or for a gated
     MLP act(x_t . w_gate[idx_tj]) * (x_t . w_in[idx_tj] + b_in[idx_tj]). A neuron listed twice counts twice.
     On the CPU, sets too large for row reads to pay (see _rows_pay) take the dense activations and keep
-    each token's entries: the same result, sooner. On a GPU, auto mode runs the Triton kernels only where
-    they measured faster (dispatch.triton_wins_per_token_mlp); elsewhere the dense activations and one
-    GEMM (`_row_reads_pay`).
+    each token's entries: the same result, sooner. On a GPU, auto mode runs Triton only where it measured
+    faster (dispatch.triton_wins_per_token_mlp: up to 16 tokens reading few rows, as one fused kernel);
+    elsewhere the dense activations and one GEMM (`_row_reads_pay`). Forced backend="triton" runs the
+    fused kernel where dispatch.fused_mlp_pays, else two kernels (activations, then the row sum).
     """
     _check_sets(x, idx, "x")
     if use_triton(
@@ -159,7 +160,7 @@ def down_project_per_token(
     """
     _check_sets(a_sel, idx, "a_sel")
     if use_triton(
-        a_sel, idx, p.w_out, backend=backend, triton_wins=triton_wins_per_token_mlp(*idx.shape, p.d_mlp)
+        a_sel, idx, p.w_out, backend=backend, triton_wins=triton_wins_down_project(*idx.shape, p.d_mlp)
     ):
         from workbench.kernels._triton_sparse_mlp import triton_down_project
 

@@ -232,6 +232,92 @@ def test_sparse_mlp_launch_shapes_triton(triton_device):
         assert_close(triton_down_project(a.gather(1, idx.clamp_min(0)), idx, p, down), ref_down, tol)
 
 
+def poison_unlisted(p: MlpParams, pool: int) -> MlpParams:
+    """p with every neuron from `pool` on set to NaN in w_in, w_gate and w_out: a read of one would show."""
+    unlisted = torch.arange(pool, D_MLP, device=p.w_in.device)
+
+    def nan(w: torch.Tensor | None) -> torch.Tensor | None:
+        return None if w is None else w.index_fill(0, unlisted, float("nan"))
+
+    return replace(p, w_in=nan(p.w_in), w_gate=nan(p.w_gate), w_out=nan(p.w_out))
+
+
+@pytest.mark.parametrize(("gated", "bias", "act"), MLP_KINDS)
+def test_fused_sparse_mlp_triton(triton_device, gated, bias, act):
+    """The fused kernel (one launch, atomic adds) equals the reference and never reads unlisted neurons:
+    whole rows, rows walked in column blocks, one slot per step, a chunk of several steps per program."""
+    from workbench.kernels._triton_sparse_mlp import FusedBlocks, fused_blocks, triton_sparse_mlp_fused
+
+    p = random_mlp(gated, bias, act, triton_device)
+    x = torch.randn(3, D_MODEL, device=triton_device)
+    idx = padded_sets(3, 23, pool=40).to(triton_device)
+    idx[1, 1] = idx[1, 0]  # a neuron listed twice counts twice
+    ref = per_token_reference(x, p, idx)
+    poisoned = poison_unlisted(p, 40)
+    tol = tolerance(triton_device)
+    assert fused_blocks(3, 23, D_MODEL) == FusedBlocks(4, 64, 4, chunk=4)
+    for blocks in (None, FusedBlocks(2, 16, 2, 6), FusedBlocks(1, 64, 1, 1), FusedBlocks(8, 32, 4, 16)):
+        assert_close(triton_sparse_mlp_fused(x, poisoned, idx, blocks), ref, tol)
+
+
+@pytest.mark.parametrize("d_model", [1500, 5000], ids=["whole-rows", "column-steps"])
+def test_fused_sparse_mlp_default_launch_of_wide_rows_triton(triton_device, d_model):
+    """The default launches of 7B-class rows (whole rows up to 4096 columns) and of wider ones (2048
+    columns a step, an atomic add per step), on NaN-poisoned unlisted rows."""
+    from workbench.kernels._triton_sparse_mlp import FusedBlocks, fused_blocks, triton_sparse_mlp_fused
+
+    g = torch.Generator().manual_seed(3)
+    w = lambda: (torch.randn(12, d_model, generator=g) / d_model**0.5).to(triton_device)  # noqa: E731
+    p = MlpParams(w_in=w(), w_gate=w(), w_out=w(), b_out=w()[0], act="silu")
+    idx = torch.tensor([[0, 3, 5, -1, 2], [7, 1, 1, 4, 6]], device=triton_device)
+    unlisted = torch.arange(8, 12, device=triton_device)
+    poisoned = replace(
+        p, **{f: getattr(p, f).index_fill(0, unlisted, float("nan")) for f in ("w_in", "w_gate", "w_out")}
+    )
+    x = torch.randn(2, d_model, device=triton_device)
+    assert fused_blocks(2, 5, d_model) == FusedBlocks(2, 2048, 4, per_sm=2)
+    assert_close(
+        triton_sparse_mlp_fused(x, poisoned, idx), per_token_reference(x, p, idx), tolerance(triton_device)
+    )
+
+
+def test_fused_sparse_mlp_casts_in_kernel_triton(triton_device):
+    """blocks.cast: the last program of each token writes the half-precision output (no cast kernel)."""
+    from workbench.kernels._triton_sparse_mlp import FusedBlocks, triton_sparse_mlp_fused
+
+    p = random_mlp(True, True, "silu", triton_device)
+    half = MlpParams(
+        **{f: getattr(p, f).half() for f in ("w_in", "b_in", "w_gate", "w_out", "b_out")}, act="silu"
+    )
+    x = torch.randn(3, D_MODEL, device=triton_device).half()
+    idx = padded_sets(3, 23, pool=40).to(triton_device)
+    ref = per_token_reference(x.float(), p, idx).half()  # float32 weights: the half rounding tolerance
+    for blocks in (FusedBlocks(4, 64, 4, 8, cast=True), FusedBlocks(2, 16, 2, 4, cast=True)):
+        y = triton_sparse_mlp_fused(x, poison_unlisted(half, 40), idx, blocks)
+        assert y.dtype == torch.float16
+        assert_close(y, ref, 1e-2)
+
+
+def test_per_token_triton_path_fuses_few_tokens(triton_device, monkeypatch):
+    """backend="triton" runs the fused kernel up to FUSED_MAX_TOKENS tokens, the two kernels beyond."""
+    from workbench.kernels import _triton_sparse_mlp
+
+    taken = []
+    for name in ("triton_sparse_mlp_fused", "triton_sparse_mlp_two_kernels"):
+        real = getattr(_triton_sparse_mlp, name)
+        monkeypatch.setattr(
+            _triton_sparse_mlp,
+            name,
+            lambda *a, _real=real, _name=name, **kw: taken.append(_name) or _real(*a, **kw),
+        )
+    p = random_mlp(False, True, "relu", triton_device)
+    for tokens in (1, dispatch.FUSED_MAX_TOKENS, dispatch.FUSED_MAX_TOKENS + 1):
+        x = torch.randn(tokens, D_MODEL, device=triton_device)
+        idx = padded_sets(tokens, 5).to(triton_device)
+        assert_close(sparse_mlp_per_token(x, p, idx, backend="triton"), per_token_reference(x, p, idx), 1e-5)
+    assert taken == ["triton_sparse_mlp_fused"] * 2 + ["triton_sparse_mlp_two_kernels"]
+
+
 # ---- masked matmuls ----
 
 
@@ -430,11 +516,15 @@ def test_auto_mode_follows_the_measured_rules(monkeypatch):
     assert dispatch.use_triton(gpu) and not dispatch.use_triton(gpu, triton_wins=False)
     assert dispatch.use_triton(gpu, backend="triton", triton_wins=False)
     # the measured points each rule was drawn from
-    assert dispatch.triton_wins_per_token_mlp(1, 1101, 11008) and dispatch.triton_wins_per_token_mlp(
-        1, 154, 1536
+    wins = dispatch.triton_wins_per_token_mlp
+    assert wins(1, 1101, 11008) and wins(1, 5504, 11008) and wins(16, 1101, 11008) and wins(16, 330, 11008)
+    assert wins(1, 154, 1536) and wins(16, 768, 1536)  # SmolLM2: every measured point, 50 % at 16 tokens
+    assert not wins(4, 5504, 11008) and not wins(16, 5504, 11008)  # 7B-class, 50 %, from 4 tokens
+    assert not wins(17, 10, 1536)  # beyond the fused kernel's token counts
+    assert dispatch.fused_mlp_pays(16, 1101, 11008) and not dispatch.fused_mlp_pays(4, 5504, 11008)
+    assert dispatch.triton_wins_down_project(1, 1101, 11008) and not dispatch.triton_wins_down_project(
+        16, 1101, 11008
     )
-    assert not dispatch.triton_wins_per_token_mlp(1, 5504, 11008)  # one token, 50 % skipped
-    assert not dispatch.triton_wins_per_token_mlp(16, 1101, 11008)
     assert dispatch.triton_wins_nm(1, 1, 4)
     assert not dispatch.triton_wins_nm(1, 2, 4) and not dispatch.triton_wins_nm(16, 1, 4)
     assert dispatch.triton_wins_block_masked(1, 0.03) and dispatch.triton_wins_block_masked(2048, 0.1)
@@ -460,15 +550,16 @@ def test_kernels_ask_their_rule(monkeypatch):
     for name in ("sparse_mlp", "masked_matmul", "head_attention", "moe_dispatch"):
         monkeypatch.setattr(importlib.import_module(f"workbench.kernels.{name}"), "use_triton", spy)
     p = random_mlp(True, False, "silu")
-    sparse_mlp_per_token(torch.randn(1, D_MODEL), p, padded_sets(1, 4))  # 1 x 4 x 8 <= 64 rows
-    sparse_mlp_per_token(torch.randn(3, D_MODEL), p, padded_sets(3, 9))
+    sparse_mlp_per_token(torch.randn(1, D_MODEL), p, padded_sets(1, 4))  # 1 token: fused
+    sparse_mlp_per_token(torch.randn(17, D_MODEL), p, padded_sets(17, 9))  # 17 tokens: torch
+    down_project_per_token(torch.randn(3, 9), padded_sets(3, 9), p)  # 3 x 9 x 8 > 64 rows: torch
     w, mask = unstructured()
     block_masked_matmul(torch.randn(2, 72), BlockMaskedWeight.from_mask(w, mask))  # 4 of 9 tiles live
     nm_matmul(torch.randn(1, 96), nm_compress(torch.randn(48, 96), nm_mask(48, 96, 1, 4), 1, 4))
     (q, k, v, kv_of_head), _ = gqa_inputs(16)
     head_masked_attention(q, k, v, kv_of_head, 0.25)
     moe_dispatch(*moe_inputs()[0], "silu")  # 5 experts
-    assert verdicts == [True, False, False, True, False, False]
+    assert verdicts == [True, False, False, False, True, False, False]
 
 
 def test_launch_choices_follow_the_sweep():
