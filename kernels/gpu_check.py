@@ -1,4 +1,4 @@
-"""GPU truth for the Triton kernels (issue 19): parity in three dtypes, timings, replay and capture.
+"""GPU truth for the Triton kernels: parity in three dtypes, timings, replay and capture.
 
     PYTHONUNBUFFERED=1 python kernels/gpu_check.py --out gpu.json     # on a CUDA machine
     python kernels/gpu_check.py --small --out dry.json                # tiny shapes on the CPU (interpreter)
@@ -1297,7 +1297,7 @@ class MiniHandle:
 
     def __init__(self, hf, name: str) -> None:
         cfg = hf.config
-        self.model = types.SimpleNamespace(original_model=hf, blocks=hf.model.layers)
+        self.model = types.SimpleNamespace(blocks=hf.model.layers)
         self.name = name
         self.hf = hf
         self.facts = types.SimpleNamespace(
@@ -1314,6 +1314,15 @@ class MiniHandle:
 
     def logits(self, tokens):
         return self.hf(tokens.to(self.device)).logits
+
+    @property
+    def hf_model(self):
+        return self.hf
+
+    def hf_parameters(self):
+        from workbench.models.bridge import hf_parameters
+
+        return hf_parameters(self.hf)
 
 
 def replay_section(device: str, small: bool) -> dict:
@@ -1334,7 +1343,7 @@ def _replay_model(device: str, small: bool, dtype, kind: str) -> dict:
     torch = _torch()
     from transformers import LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM
 
-    from workbench.replay.edits import ExpertMaskEdit, HeadMask, NeuronMask, TopK, WeightPrune
+    from workbench.replay.edits import ExpertMask, HeadMask, NeuronMask, TopK, WeightPrune
     from workbench.replay.effects import effects
     from workbench.replay.engine import ReplayEngine
     from workbench.replay.stack import Stack
@@ -1366,8 +1375,8 @@ def _replay_model(device: str, small: bool, dtype, kind: str) -> dict:
         )  # fmt: skip
         hf = MixtralForCausalLM(cfg)
         edits = {
-            "expert_drop": [ExpertMaskEdit(layer=1, experts=(2, 5), mode="drop")],
-            "expert_reroute": [ExpertMaskEdit(layer=0, experts=(1,), mode="reroute")],
+            "expert_drop": [ExpertMask(layer=1, experts=(2, 5), mode="drop")],
+            "expert_reroute": [ExpertMask(layer=0, experts=(1,), mode="reroute")],
             "head_mask": [HeadMask(layer=1, heads=(0, 5))],
         }
     hf = hf.to(device=device, dtype=dtype).eval()

@@ -11,8 +11,9 @@ import torch
 
 from workbench.errors import WorkbenchError
 from workbench.models import ModelHandle
-from workbench.probes.base import DTYPES, per_token, probing_pass
+from workbench.probes.base import per_token, probing_pass
 from workbench.store import FieldSpec
+from workbench.store.format import FLOAT_DTYPES
 
 _LAYER = re.compile(r"^blocks\.(\d+)\.")
 
@@ -52,8 +53,8 @@ class ActivationProbe:
     _seen: dict[str, list[torch.Tensor]] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
-            raise WorkbenchError(f"Unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}.")
+        if self.dtype not in FLOAT_DTYPES:
+            raise WorkbenchError(f"Unknown dtype {self.dtype!r}; choose one of {', '.join(FLOAT_DTYPES)}.")
 
     def resolve(self, handle: ModelHandle) -> list[str]:
         self._names = match_hooks(handle, self.patterns, self.layers)
@@ -89,6 +90,6 @@ class ActivationProbe:
         for name, values in self._seen.items():
             if len(values) != 1:
                 raise RuntimeError(f"hook {name} fired {len(values)} times in one forward pass")
-            out[name] = per_token(values[0], batch, pos).to(DTYPES[self.dtype]).cpu()
+            out[name] = per_token(values[0], batch, pos).to(FLOAT_DTYPES[self.dtype]).cpu()
             values.clear()
         return out

@@ -15,8 +15,9 @@ import torch
 
 from workbench.errors import WorkbenchError
 from workbench.models import ModelHandle
-from workbench.probes.base import DTYPES, per_token, probing_pass
+from workbench.probes.base import per_token, probing_pass
 from workbench.store import FieldSpec
+from workbench.store.format import FLOAT_DTYPES
 
 SUMMARIES = ("entropy", "first_token", "max")  # per query token and head
 
@@ -106,7 +107,7 @@ class AttentionProbe:
             if self.heads:
                 pattern = pattern[:, self.heads]
             rows = summarise(pattern) if self.summaries_only else pattern.transpose(1, 2)  # [b, q, h, ...]
-            out[self.field_name(layer)] = per_token(rows, batch, pos).to(DTYPES[self.dtype]).cpu()
+            out[self.field_name(layer)] = per_token(rows, batch, pos).to(FLOAT_DTYPES[self.dtype]).cpu()
         return out
 
 

@@ -14,9 +14,8 @@ import torch
 from torch import nn
 
 from workbench.models import ModelHandle
+from workbench.models.hooks import hooks_attached
 from workbench.store import FieldSpec
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class Probe(Protocol):
@@ -58,14 +57,10 @@ def attached(handle: ModelHandle, probes: list[Any], stop_when_done: bool = Fals
 
         return wrapper
 
-    handles = []
-    try:
-        for i, (module, hook) in enumerate(pairs):
-            handles.append(module.register_forward_hook(counted(i, hook) if stop_when_done else hook))
+    with hooks_attached(
+        (module, counted(i, hook) if stop_when_done else hook) for i, (module, hook) in enumerate(pairs)
+    ):
         yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def per_token(tensor: torch.Tensor, batch: int, pos: int) -> torch.Tensor:
@@ -81,10 +76,5 @@ def per_token(tensor: torch.Tensor, batch: int, pos: int) -> torch.Tensor:
 
 def probing_pass(handle: ModelHandle, hooks: list[tuple[nn.Module, Callable]]) -> None:
     """One forward pass over a 2-token input with temporary hooks: how probes learn shapes and paths."""
-    handles = [module.register_forward_hook(hook) for module, hook in hooks]
-    try:
-        with torch.inference_mode():
-            handle.logits(torch.zeros(1, 2, dtype=torch.long))
-    finally:
-        for h in handles:
-            h.remove()
+    with hooks_attached(hooks), torch.inference_mode():
+        handle.logits(torch.zeros(1, 2, dtype=torch.long))

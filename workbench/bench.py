@@ -73,7 +73,7 @@ def bench_capture(handle, windows, batch_size: int = 4, progress: bool = False, 
     hooks = [f"blocks.{layer}.mlp.hook_post" for layer in range(handle.facts.n_layers)]
     hooks += [f"blocks.{layer}.attn.hook_pattern" for layer in range(handle.facts.n_layers)]
     batches = [b.tokens for b in windows.batches(batch_size)]
-    hf = handle.model.original_model
+    hf = handle.hf_model
 
     def plain():
         with torch.inference_mode():

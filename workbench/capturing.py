@@ -92,7 +92,7 @@ class TeeSink:
 
 
 @register_result
-@dataclass
+@dataclass(kw_only=True)
 class CaptureResult(Result):
     kind = "capture"
     title = "Capture"

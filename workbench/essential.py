@@ -130,7 +130,7 @@ def explain(
 
 
 @register_result
-@dataclass
+@dataclass(kw_only=True)
 class EssentialResult(Result):
     kind = "essential_sparsity"
     title = "Essential sparsity (one-shot pruning)"
@@ -253,5 +253,14 @@ def sweep(
     }
     note = explain(curve, tolerance, best, pattern, plan.fixed_sparsity)
     return EssentialResult(
-        handle.name, pattern, criterion, tolerance, best, knee(curve), curve, provenance, timing, note
+        model=handle.name,
+        pattern=pattern,
+        criterion=criterion,
+        tolerance=tolerance,
+        essential_sparsity=best,
+        knee=knee(curve),
+        curve=curve,
+        provenance=provenance,
+        timing=timing,
+        note=note,
     )

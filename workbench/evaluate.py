@@ -36,7 +36,7 @@ class DomainScore:
 
 
 @register_result
-@dataclass
+@dataclass(kw_only=True)
 class EvalResult(Result):
     kind = "evaluation"
     title = "Held-out evaluation"

@@ -41,7 +41,7 @@ def parameters_by_component(handle: ModelHandle) -> dict[str, int]:
 
 
 @register_result
-@dataclass
+@dataclass(kw_only=True)
 class ModelFactsResult(Result):
     kind = "model_facts"
     title = "Model"
@@ -55,7 +55,7 @@ class ModelFactsResult(Result):
         prov = Provenance(
             model=handle.facts.to_dict(), data={}, definition="facts read from the loaded model"
         )
-        return cls(handle.facts.to_dict(), parameters_by_component(handle), prov)
+        return cls(facts=handle.facts.to_dict(), parameters=parameters_by_component(handle), provenance=prov)
 
     def table(self) -> pd.DataFrame:
         return pd.DataFrame(
@@ -78,7 +78,7 @@ class ModelFactsResult(Result):
 
 
 @register_result
-@dataclass
+@dataclass(kw_only=True)
 class CorpusFactsResult(Result):
     kind = "corpus_facts"
     title = "Data"
@@ -106,7 +106,12 @@ class CorpusFactsResult(Result):
             data=windows.slice_info,
             definition="tokens of the evaluated windows, by the domain label of each token",
         )
-        return cls(source, {windows.domains[k]: v for k, v in sorted(counts.items())}, dict(docs), prov)
+        return cls(
+            source=source,
+            tokens_by_domain={windows.domains[k]: v for k, v in sorted(counts.items())},
+            documents_by_domain=dict(docs),
+            provenance=prov,
+        )
 
     def table(self) -> pd.DataFrame:
         return pd.DataFrame(

@@ -7,7 +7,7 @@ See docs/methods.md#neuron-activations.
   names `mlp.hook_post` too; `mlp.hook_pre` is then the gate's pre-activation (W_gate·h), so a
   definition that looks at `pre` looks at the gate alone.
 - MoE layers have no single neuron set here: the bridge's `mlp.hook_post` of a routed layer is the
-  block's output, so neuron analyses refuse MoE models (per-expert neurons are the experts issue's).
+  block's output, so neuron analyses refuse MoE models (experts are analysed by `workbench.experts`).
 """
 
 from __future__ import annotations

@@ -68,30 +68,13 @@ class PrunableMatrix:
         return self.weight.numel()
 
 
-def hf_parameters(module: torch.nn.Module, prefix: str = "") -> Iterator[tuple[str, torch.nn.Module, str]]:
-    """(HF parameter name, owning HF module, attribute) over the HF tree, seeing through bridge wrappers.
-
-    Walks only each bridge's `_original_component`, so the bridge's aliases (e.g. GPT-2's q/k/v views of
-    `c_attn`) are not listed twice and names are the HF ones.
-    """
-    while "_original_component" in module._modules:
-        module = module._modules["_original_component"]
-    for attr, param in module._parameters.items():
-        if param is not None:
-            yield prefix + attr, module, attr
-    for child_name, child in module._modules.items():
-        if child is not None:
-            yield from hf_parameters(child, f"{prefix}{child_name}.")
-
-
 def prunable_matrices(handle) -> list[PrunableMatrix]:
     """The reference scope of `handle`'s HF model, in module order (see the module docstring)."""
-    hf = handle.model.original_model
-    hidden = getattr(hf.config, "hidden_size", None)
+    hidden = getattr(handle.hf_model.config, "hidden_size", None)
     out: list[PrunableMatrix] = []
     unknown: list[str] = []
     seen: set[int] = set()
-    for name, module, attr in hf_parameters(hf):
+    for name, module, attr in handle.hf_parameters():
         param = module._parameters[attr]
         block = _BLOCK.search(name)
         if block is None or param.ndim < 2 or id(param) in seen:
@@ -123,7 +106,7 @@ def prunable_matrices(handle) -> list[PrunableMatrix]:
             "add their module names to _KINDS (or to _ROUTERS to leave them dense) in workbench/pruning.py"
         )
     if not out:
-        raise WorkbenchError(f"found no prunable attention/MLP matrices in {type(hf).__name__}")
+        raise WorkbenchError(f"found no prunable attention/MLP matrices in {type(handle.hf_model).__name__}")
     return out
 
 

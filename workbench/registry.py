@@ -1,4 +1,4 @@
-"""Registries by name (SAE-Lens style): models, result kinds; later analyses, edit kinds, transcoders."""
+"""Registries by name (SAE-Lens style): models, corpora, result kinds, edit kinds, commands, benchmarks."""
 
 from __future__ import annotations
 

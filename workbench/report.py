@@ -80,7 +80,7 @@ def write_report(run_dir: str | Path) -> Path:
 def foundation_results(
     handle: ModelHandle, windows: TokenWindows, batch_size: int = 8, seed: int = 0
 ) -> list[Result]:
-    """The report's sections so far: model facts, data facts and the evaluation (last, the main one)."""
+    """The report's sections: model facts, data facts and the evaluation (last, the main one)."""
     from workbench.evaluate import evaluate
     from workbench.facts import CorpusFactsResult, ModelFactsResult
 

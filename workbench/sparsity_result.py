@@ -14,7 +14,7 @@ INPUT_KINDS = ("heldout", "train", "random")
 
 
 @register_result
-@dataclass
+@dataclass(kw_only=True)
 class SparsityResult(Result):
     kind = "sparsity"
     title = "Activation sparsity (lazy neurons)"

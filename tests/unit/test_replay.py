@@ -12,7 +12,7 @@ import torch
 from workbench.errors import WorkbenchError
 from workbench.models import load_model
 from workbench.replay import (
-    ExpertMaskEdit,
+    ExpertMask,
     HeadMask,
     NeuronMask,
     ReplayEngine,
@@ -127,7 +127,7 @@ def test_transcoder_splice_replay(handles, kind, tmp_path):
 @pytest.mark.parametrize("mode", ["reroute", "drop"])
 def test_expert_mask_replay(handles, kind, mode):
     handle = handles[kind]
-    edits = [ExpertMaskEdit(1, (0,), mode), ExpertMaskEdit(0, (2, 3) if mode == "drop" else (3,), mode)]
+    edits = [ExpertMask(1, (0,), mode), ExpertMask(0, (2, 3) if mode == "drop" else (3,), mode)]
     _, replayed = assert_replay_matches(handle, edits)
     assert replayed.first_layer == 0
     assert_replay_matches(handle, [*edits, HeadMask(1, (1,)), WeightPrune(0.5, "layerwise", layer_list=(1,))])
@@ -201,7 +201,7 @@ def test_edits_round_trip_through_json(tmp_path):
         TopK(0, 8),
         Threshold(1, 0.1),
         HeadMask(3, (2,)),
-        ExpertMaskEdit(1, (4,), "drop"),
+        ExpertMask(1, (4,), "drop"),
         SublayerSkip(0, "attn"),
         WeightPrune(0.5, "2:4", layer_list=(1, 2), matrices=("mlp_in",)),
         TranscoderSplice(2, "runs/tc"),
@@ -234,7 +234,7 @@ def test_model_specific_refusals(handles):
     for edits, message in [
         ([NeuronMask(5, (0,))], "do not exist"),
         ([HeadMask(0, (9,))], "has heads"),
-        ([ExpertMaskEdit(0, (1,))], "not a mixture-of-experts"),
+        ([ExpertMask(0, (1,))], "not a mixture-of-experts"),
         ([SublayerSkip(0, "mlp"), TopK(0, 3)], "skipped and also edited"),
     ]:
         with pytest.raises(WorkbenchError, match=message):
@@ -249,7 +249,7 @@ def test_session_apply_is_cached_and_generates(handles):
     edits = [{"kind": "skip", "layer": 1, "target": "attn"}]
     first = session.apply(edits)
     again = session.apply(edits)
-    assert len(session._plans) == 1 and again.ce_delta == first.ce_delta
+    assert len(session.engine.cache.plans) == 1 and again.ce_delta == first.ce_delta
     assert first.to_dict()["kind"] == "replay" and set(first.charts()) == {"resid_deviation", "per_token_kl"}
     out = session.generate(edits, 3)
     assert len(out["base_ids"]) == 3 and len(out["edited_ids"]) == 3
@@ -274,7 +274,7 @@ def test_batches_merge_to_the_whole(handles):
     [
         ("llama", [HeadMask(1, (0, 3)), TopK(0, 5), NeuronMask(1, (2,))]),
         ("gpt2", [HeadMask(0, (1,)), TopK(1, 9)]),
-        ("mixtral", [ExpertMaskEdit(0, (1,), "reroute"), ExpertMaskEdit(1, (2,), "drop"), HeadMask(1, (2,))]),
+        ("mixtral", [ExpertMask(0, (1,), "reroute"), ExpertMask(1, (2,), "drop"), HeadMask(1, (2,))]),
         (
             "gpt2",
             [WeightPrune(0.5, "2:4"), WeightPrune(0.3, "layerwise", layer_list=(1,), matrices=("attn_o",))],

@@ -28,7 +28,7 @@ DEFINITION = (
 
 
 @register_result
-@dataclass
+@dataclass(kw_only=True)
 class ExpertMaskingResult(Result):
     kind = "expert_masking"
     title = "Expert masking: loss increase per (layer, expert, domain)"
@@ -93,4 +93,11 @@ def masking_table(
         settings={"mode": mode, "layers": routed, "batch_size": batch_size},
         seed=seed,
     )
-    return ExpertMaskingResult(handle.name, mode, windows.n_tokens, base, rows, provenance)
+    return ExpertMaskingResult(
+        model=handle.name,
+        mode=mode,
+        tokens=windows.n_tokens,
+        base_loss=base,
+        rows=rows,
+        provenance=provenance,
+    )

@@ -1,4 +1,4 @@
-"""Expert masking by router hooks, self-contained so the replay engine can reuse it.
+"""Expert masking by router hooks; the mask itself is the `expert_mask` edit (workbench.replay.edits).
 
 Definitions: docs/methods.md#causal-specialization-by-expert-masking.
 
@@ -14,34 +14,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
 
 import torch
 
 from workbench.errors import WorkbenchError
 from workbench.models import ModelHandle
+from workbench.models.bridge import unwrap
+from workbench.models.hooks import hooks_attached
 from workbench.probes.routing import moe_layers, router_module
-
-MODES = ("reroute", "drop")
-
-
-@dataclass(frozen=True)
-class ExpertMask:
-    layer: int
-    experts: tuple[int, ...]
-    mode: str = "reroute"
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise WorkbenchError(f"Unknown expert-mask mode {self.mode!r}; use one of {', '.join(MODES)}.")
-        object.__setattr__(self, "experts", tuple(int(e) for e in self.experts))
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "experts": list(self.experts)}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> ExpertMask:
-        return cls(int(data["layer"]), tuple(data["experts"]), data.get("mode", "reroute"))
+from workbench.replay.edits import ExpertMask  # the one expert-mask class; importable from here too
 
 
 def rerouted(logits: torch.Tensor, experts: tuple[int, ...], k: int, renormalise: bool):
@@ -64,8 +45,7 @@ def dropped(weights: torch.Tensor, indices: torch.Tensor, experts: tuple[int, ..
 
 
 def _renormalises(router) -> bool:
-    inner = getattr(router, "original_component", router)
-    return bool(getattr(inner, "norm_topk_prob", True))
+    return bool(getattr(unwrap(router), "norm_topk_prob", True))
 
 
 def _hook(mask: ExpertMask, k: int, renormalise: bool):
@@ -104,13 +84,11 @@ def experts_masked(handle: ModelHandle, masks: list[ExpertMask]) -> Iterator[Non
     merged: dict[tuple[int, str], set[int]] = {}
     for mask in masks:
         merged.setdefault((mask.layer, mask.mode), set()).update(mask.experts)
-    handles = []
-    try:
-        for (layer, mode), experts in sorted(merged.items()):
-            router = router_module(handle, layer)
-            hook = _hook(ExpertMask(layer, tuple(sorted(experts)), mode), k, _renormalises(router))
-            handles.append(router.register_forward_hook(hook))
+    hooks = []
+    for (layer, mode), experts in sorted(merged.items()):
+        router = router_module(handle, layer)
+        hooks.append(
+            (router, _hook(ExpertMask(layer, tuple(sorted(experts)), mode), k, _renormalises(router)))
+        )
+    with hooks_attached(hooks):
         yield
-    finally:
-        for h in handles:
-            h.remove()

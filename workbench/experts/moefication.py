@@ -242,7 +242,7 @@ SHARES = ("captured_mass", "captured_mass_router", "captured_output", "captured_
 
 
 @register_result
-@dataclass
+@dataclass(kw_only=True)
 class MoefyResult(Result):
     kind = "moefy"
     title = "MoEfication: dense MLPs read as experts"

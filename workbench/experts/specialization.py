@@ -39,7 +39,7 @@ def randomly_initialised(handle: ModelHandle, seed: int = 0) -> ModelHandle:
     """A fresh copy of `handle`'s architecture with Hugging Face's initialisation: N(0, initializer_range)
     for matrices and expert tensors, ones for norm weights, zeros for biases."""
     copy = load_model(str(handle.facts.checkpoint), device=str(handle.device), progress=False)
-    hf = copy.model.original_model
+    hf = copy.hf_model
     std = getattr(hf.config, "initializer_range", 0.02)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -76,7 +76,7 @@ def routing_summary(
 
 
 @register_result
-@dataclass
+@dataclass(kw_only=True)
 class ExpertsResult(Result):
     kind = "experts"
     title = "Expert routing and specialization"

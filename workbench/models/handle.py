@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+
+from workbench.models import bridge
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,28 @@ class ModelFacts:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def declared(
+        cls,
+        *,
+        architecture: str,
+        n_layers: int,
+        d_model: int,
+        d_mlp: int,
+        n_heads: int,
+        n_kv_heads: int,
+        d_vocab: int,
+        n_ctx: int,
+        act_fn: str,
+        gated_mlp: bool,
+        n_experts: int | None = None,
+        experts_per_token: int | None = None,
+    ) -> dict[str, Any]:
+        """The facts a registry entry states without loading the model: these fields of ModelFacts, by name
+        and in field order (`moe` follows from `n_experts`). Tests check them against the loaded model."""
+        given = dict(locals(), moe=n_experts is not None)
+        return {f.name: given[f.name] for f in fields(cls) if f.name in given}
+
 
 @dataclass
 class ModelHandle:
@@ -60,6 +86,15 @@ class ModelHandle:
     def hook_points(self) -> dict[str, Any]:
         """Name -> HookPoint module, cached: the bridge rebuilds `hook_dict` on every access (~10 ms)."""
         return dict(self.model.hook_dict)
+
+    @property
+    def hf_model(self) -> nn.Module:
+        """The Hugging Face model behind the bridge: the same weights, without TransformerLens hooks."""
+        return bridge.hf_model(self.model)
+
+    def hf_parameters(self) -> Iterator[tuple[str, nn.Module, str]]:
+        """(HF parameter name, owning HF module, attribute) for every parameter, bridge aliases skipped."""
+        return bridge.hf_parameters(self.hf_model)
 
     def hook_names(self) -> list[str]:
         """Every hook point the model exposes, by its TransformerLens name."""

@@ -11,6 +11,7 @@ from huggingface_hub import snapshot_download  # the network boundary for hub id
 from workbench.cache import cache_dir
 from workbench.errors import WorkbenchError
 from workbench.models.checkpoint import CHECKSUMS
+from workbench.models.handle import ModelFacts
 from workbench.models.smollm2 import GGUF_NAME, SMOLLM2_WHEEL, ensure_smollm2, smollm2_available
 from workbench.paths import demo_model_dir
 from workbench.registry import Registry
@@ -26,7 +27,7 @@ class ModelSource:
     description: str
     resolve: Callable[[bool], Path]  # progress -> checkpoint folder (may fetch or convert)
     available: Callable[[], bool]  # True when resolve() needs no network
-    facts: dict  # declared facts, listed without loading; tests check them against the loaded model
+    facts: dict  # ModelFacts.declared(...): listed without loading; tests check them against the model
     fetchable: bool = False  # resolve() can fetch what is missing (else a missing model is an error)
     repair: str = ""  # what to do when a file differs from its recorded checksum (checksums.json)
 
@@ -36,26 +37,6 @@ MODELS: Registry[ModelSource] = Registry(
     how_to_add="Pass a path to a local Hugging Face checkpoint folder (config.json + *.safetensors), "
     "a hub id such as 'org/model', or register a ModelSource in workbench.models.MODELS.",
 )
-
-
-def declared_facts(
-    arch, layers, d_model, d_mlp, heads, kv_heads, vocab, ctx, act, gated, experts=None, k=None
-):
-    return dict(
-        architecture=arch,
-        n_layers=layers,
-        d_model=d_model,
-        d_mlp=d_mlp,
-        n_heads=heads,
-        n_kv_heads=kv_heads,
-        d_vocab=vocab,
-        n_ctx=ctx,
-        act_fn=act,
-        gated_mlp=gated,
-        moe=experts is not None,
-        n_experts=experts,
-        experts_per_token=k,
-    )
 
 
 def _demo(name: str, description: str, facts: dict) -> ModelSource:
@@ -87,7 +68,18 @@ MODELS.register(
     _demo(
         "tiny-relu",
         "4-layer GPT-2-style model with ReLU MLPs, trained by this project (data/models)",
-        declared_facts("GPT2LMHeadModel", 4, 256, 1024, 4, 4, 4096, 128, "relu", False),
+        ModelFacts.declared(
+            architecture="GPT2LMHeadModel",
+            n_layers=4,
+            d_model=256,
+            d_mlp=1024,
+            n_heads=4,
+            n_kv_heads=4,
+            d_vocab=4096,
+            n_ctx=128,
+            act_fn="relu",
+            gated_mlp=False,
+        ),
     ),
 )
 MODELS.register(
@@ -95,7 +87,20 @@ MODELS.register(
     _demo(
         "tiny-moe",
         "4-layer Mixtral-style MoE, 8 experts, top-2, trained by this project (data/models)",
-        declared_facts("MixtralForCausalLM", 4, 160, 112, 4, 4, 4096, 128, "silu", True, experts=8, k=2),
+        ModelFacts.declared(
+            architecture="MixtralForCausalLM",
+            n_layers=4,
+            d_model=160,
+            d_mlp=112,
+            n_heads=4,
+            n_kv_heads=4,
+            d_vocab=4096,
+            n_ctx=128,
+            act_fn="silu",
+            gated_mlp=True,
+            n_experts=8,
+            experts_per_token=2,
+        ),
     ),
 )
 # What the default model is, exactly (docs/architecture.md#the-default-model): it matters for
@@ -113,7 +118,18 @@ MODELS.register(
         SMOLLM2_DESCRIPTION,
         lambda progress: ensure_smollm2(cache_dir(), progress=progress),
         lambda: smollm2_available(cache_dir()),
-        declared_facts("LlamaForCausalLM", 30, 576, 1536, 9, 3, 49152, 8192, "silu", True),
+        ModelFacts.declared(
+            architecture="LlamaForCausalLM",
+            n_layers=30,
+            d_model=576,
+            d_mlp=1536,
+            n_heads=9,
+            n_kv_heads=3,
+            d_vocab=49152,
+            n_ctx=8192,
+            act_fn="silu",
+            gated_mlp=True,
+        ),
         fetchable=True,
         repair="Delete the converted smollm2-135m folder named above and run again: it is converted anew "
         "from the downloaded wheel.",

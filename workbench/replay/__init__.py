@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from workbench.replay.edits import (
         EDIT_KINDS,
         Edit,
-        ExpertMaskEdit,
+        ExpertMask,
         HeadMask,
         NeuronMask,
         SublayerSkip,
@@ -38,7 +38,7 @@ _MODULE_OF = {
         [
             "EDIT_KINDS",
             "Edit",
-            "ExpertMaskEdit",
+            "ExpertMask",
             "HeadMask",
             "NeuronMask",
             "SublayerSkip",
@@ -61,7 +61,7 @@ _MODULE_OF = {
 __all__ = [
     "EDIT_KINDS",
     "Edit",
-    "ExpertMaskEdit",
+    "ExpertMask",
     "HeadMask",
     "NeuronMask",
     "ReplayEngine",

@@ -100,7 +100,7 @@ def bench_replay(handle, windows, batch_size: int = 4, repeats: int = 5, **_: ob
 
 
 def _with_target(row: dict) -> dict:
-    """The row, plus its target fraction of the limit and whether it is met, where the issue sets one."""
+    """The row, plus its target fraction of the limit and whether it is met, where MLP_TARGETS sets one."""
     for (sets, tokens, skip, shape), fraction in MLP_TARGETS.items():
         if (row["sets"], row["tokens"], row["skip"]) == (sets, tokens, skip) and shape in (
             None,

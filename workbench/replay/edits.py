@@ -47,6 +47,14 @@ class Edit:
         if hasattr(self, "layer"):
             object.__setattr__(self, "layer", _int(self.layer, f"{self.kind}: layer"))
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Edit:
+        """This kind from its JSON object (the "kind" field may be left out)."""
+        edit = edit_from_dict({"kind": cls.kind, **data})
+        if not isinstance(edit, cls):
+            raise WorkbenchError(f"expected a {cls.kind} edit, got {edit.kind}")
+        return edit
+
     def check(self, n_layers: int) -> None:
         """Refuse layers the model does not have (model-specific checks happen when compiling)."""
         bad = [layer for layer in self.layers(n_layers) if not 0 <= layer < n_layers]
@@ -140,10 +148,16 @@ class HeadMask(Edit):
         object.__setattr__(self, "heads", tuple(sorted(set(_ints(self.heads, "head_mask: heads")))))
 
 
+EXPERT_MASK_MODES = ("reroute", "drop")
+
+
 @EDIT_KINDS.decorator("expert_mask")
 @dataclass(frozen=True)
-class ExpertMaskEdit(Edit):
-    """Mask routed experts (experts issue): `reroute` to the next-best expert, or `drop` the choice."""
+class ExpertMask(Edit):
+    """Mask routed experts of one layer: `reroute` each token to its next-best expert, or `drop` the choice.
+
+    Applied by router hooks (`workbench.experts.masking.experts_masked`) or by the replay engine.
+    """
 
     kind: ClassVar[str] = "expert_mask"
     layer: int
@@ -151,16 +165,12 @@ class ExpertMaskEdit(Edit):
     mode: str = "reroute"
 
     def __post_init__(self) -> None:
-        from workbench.experts.masking import ExpertMask
-
         super().__post_init__()
         object.__setattr__(self, "experts", tuple(sorted(set(_ints(self.experts, "expert_mask: experts")))))
-        ExpertMask(self.layer, self.experts, self.mode)  # validates the mode
-
-    def as_mask(self):
-        from workbench.experts.masking import ExpertMask
-
-        return ExpertMask(self.layer, self.experts, self.mode)
+        if self.mode not in EXPERT_MASK_MODES:
+            raise WorkbenchError(
+                f"Unknown expert-mask mode {self.mode!r}; use one of {', '.join(EXPERT_MASK_MODES)}."
+            )
 
 
 @EDIT_KINDS.decorator("skip")
@@ -185,7 +195,7 @@ class SublayerSkip(Edit):
 @EDIT_KINDS.decorator("weight_prune")
 @dataclass(frozen=True)
 class WeightPrune(Edit):
-    """One-shot weight pruning (sparsity issue): pattern global/layerwise/rowwise/N:M at `sparsity`.
+    """One-shot weight pruning (`workbench.pruning`): pattern global/layerwise/rowwise/N:M at `sparsity`.
 
     `layers` and `matrices` (kinds such as mlp_in, mlp_gate, mlp_out, attn_q, attn_k, attn_v, attn_qkv,
     attn_o) narrow the reference scope of `workbench.pruning`; None means all of it.
@@ -226,7 +236,7 @@ class WeightPrune(Edit):
 @EDIT_KINDS.decorator("transcoder")
 @dataclass(frozen=True)
 class TranscoderSplice(Edit):
-    """Replace layer `layer`'s MLP output by a transcoder's reconstruction (transcoder issue)."""
+    """Replace layer `layer`'s MLP output by the reconstruction of a transcoder (`workbench.transcoders`)."""
 
     kind: ClassVar[str] = "transcoder"
     layer: int

@@ -13,6 +13,7 @@ import torch
 
 from workbench.errors import WorkbenchError
 from workbench.models import ModelHandle
+from workbench.replay.caches import ReplayCache
 from workbench.replay.edits import Edit
 from workbench.replay.plan import Plan, compile_plan
 from workbench.replay.stack import Stack, run_mlp
@@ -60,12 +61,16 @@ class ReplayEngine:
     """Holds one batch [B, T] (no padding) with its unedited trace; `replay(edits)` recomputes from L."""
 
     def __init__(
-        self, handle: ModelHandle, tokens: torch.Tensor, stack: Stack | None = None, cache: dict | None = None
+        self,
+        handle: ModelHandle,
+        tokens: torch.Tensor,
+        stack: Stack | None = None,
+        cache: ReplayCache | None = None,
     ) -> None:
         self.handle = handle
         self.stack = stack if stack is not None else Stack.of(handle)
         self.tokens = tokens.to(handle.device)
-        self._cache = {} if cache is None else cache  # loaded transcoders, pruning orders (shareable)
+        self.cache = ReplayCache() if cache is None else cache  # plans, pruning orders, transcoders
         self.stack.check_length(self.tokens.shape[1])
         self.base = self.forward()
         if not self.stack.verified:
@@ -104,7 +109,7 @@ class ReplayEngine:
             return Trace(resid, self.stack.logits(resid[-1]))
 
     def compile(self, edits: list[Edit]) -> Plan:
-        return compile_plan(self.handle, self.stack, list(edits), self._cache)
+        return compile_plan(self.handle, self.stack, list(edits), self.cache)
 
     def replay(self, edits: list[Edit] | Plan) -> Replayed:
         """The batch under the edits, recomputing only layers >= the first edited one."""

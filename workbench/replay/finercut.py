@@ -34,7 +34,7 @@ DEFINITION = (
 
 
 @register_result
-@dataclass
+@dataclass(kw_only=True)
 class FinerCutResult(Result):
     kind = "finercut"
     title = "Greedy sublayer removal (FinerCut)"
@@ -141,12 +141,12 @@ def greedy_removal(
         settings={"max_share": max_share},
     )
     return FinerCutResult(
-        handle.name,
-        2 * n,
-        int(calibration.numel()),
-        int(heldout.numel()),
-        base_loss,
-        steps,
-        time.perf_counter() - start,
-        provenance,
+        model=handle.name,
+        n_sublayers=2 * n,
+        calibration_tokens=int(calibration.numel()),
+        eval_tokens=int(heldout.numel()),
+        base_loss=base_loss,
+        steps=steps,
+        seconds=time.perf_counter() - start,
+        provenance=provenance,
     )

@@ -15,10 +15,11 @@ import torch
 from workbench.errors import WorkbenchError
 from workbench.experts.masking import experts_masked
 from workbench.models import ModelHandle
+from workbench.models.hooks import hooks_attached
 from workbench.pruning import pruned
 from workbench.replay.edits import (
     Edit,
-    ExpertMaskEdit,
+    ExpertMask,
     HeadMask,
     NeuronMask,
     SublayerSkip,
@@ -100,7 +101,7 @@ def edits_applied(handle: ModelHandle, edits: list[Edit]) -> Iterator[None]:
         masks = [prune_masks(handle, e) for e in prunes]  # all from the unedited weights, then applied
         for matrices, keep in masks:
             stack.enter_context(pruned(matrices, keep))
-        expert_masks = [e.as_mask() for e in edits if isinstance(e, ExpertMaskEdit)]
+        expert_masks = [e for e in edits if isinstance(e, ExpertMask)]
         if expert_masks:
             stack.enter_context(experts_masked(handle, expert_masks))
         for edit in edits:
@@ -109,6 +110,5 @@ def edits_applied(handle: ModelHandle, edits: list[Edit]) -> Iterator[None]:
                     load_any(edit.path), edit, handle.facts.d_model, handle.device
                 )
                 stack.enter_context(mlp_replaced(handle, edit.layer, transcoder_replacement(transcoder)))
-        for name, hook in hooks:
-            stack.callback(points[name].register_forward_hook(hook).remove)
+        stack.enter_context(hooks_attached([(points[name], hook) for name, hook in hooks]))
         yield

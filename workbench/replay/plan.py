@@ -26,9 +26,10 @@ from workbench.kernels.sparse_mlp import (
     mlp_dense,
 )
 from workbench.models import ModelHandle
+from workbench.replay.caches import ReplayCache, TranscoderKey
 from workbench.replay.edits import (
     Edit,
-    ExpertMaskEdit,
+    ExpertMask,
     NeuronMask,
     SublayerSkip,
     Threshold,
@@ -54,7 +55,9 @@ class Plan:
     apply_seconds: float = 0.0
 
 
-def compile_plan(handle: ModelHandle, stack: Stack, edits: list[Edit], cache: dict | None = None) -> Plan:
+def compile_plan(
+    handle: ModelHandle, stack: Stack, edits: list[Edit], cache: ReplayCache | None = None
+) -> Plan:
     """Check the edits against the model and build the plan. `cache` keeps loaded transcoders and
     pruning orders between calls (the engine's)."""
     start = time.perf_counter()
@@ -136,7 +139,7 @@ def _mlp(handle, layer: Layer, group: list[Edit], index: int, cache, backend) ->
                 f"layer {index}'s MLP is spliced with a transcoder; other MLP edits conflict"
             )
         return _transcoder(splices[0], cache, layer.ln2.weight.shape[0], layer.ln2.weight.device)
-    expert_edits = [e for e in group if isinstance(e, ExpertMaskEdit)]
+    expert_edits = [e for e in group if isinstance(e, ExpertMask)]
     if isinstance(layer.mlp, Moe):
         if len(expert_edits) != len(group):
             raise WorkbenchError(
@@ -167,11 +170,12 @@ def checked_transcoder(transcoder, edit: TranscoderSplice, d_model: int, device)
 def _transcoder(edit: TranscoderSplice, cache, d_model: int, device) -> Sublayer:
     from workbench.transcoders.run import load_any
 
-    cache = {} if cache is None else cache
-    key = ("transcoder", edit.path)
-    if key not in cache:
-        cache[key] = checked_transcoder(load_any(edit.path), edit, d_model, device)
-    transcoder = cache[key]
+    key = TranscoderKey(edit.path, edit.layer)
+    transcoder = None if cache is None else cache.transcoders.get(key)
+    if transcoder is None:
+        transcoder = checked_transcoder(load_any(edit.path), edit, d_model, device)
+        if cache is not None:
+            cache.transcoders.put(key, transcoder)
 
     def run(h: torch.Tensor) -> torch.Tensor:
         return transcoder(h.float()).y_hat.to(h.dtype)
@@ -179,10 +183,10 @@ def _transcoder(edit: TranscoderSplice, cache, d_model: int, device) -> Sublayer
     return run
 
 
-def _experts_masked(handle, moe: Moe, edits: list[ExpertMaskEdit], index: int) -> Sublayer:
+def _experts_masked(handle, moe: Moe, edits: list[ExpertMask], index: int) -> Sublayer:
     from workbench.experts.masking import check_masks
 
-    check_masks(handle, [e.as_mask() for e in edits])
+    check_masks(handle, edits)
     modes = {e.mode for e in edits}
     if len(modes) > 1:
         raise WorkbenchError(f"layer {index}: expert masks mix modes {sorted(modes)}; use one mode per layer")

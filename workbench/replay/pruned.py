@@ -1,4 +1,4 @@
-"""Weight-pruning edits in replay: masks from the sparsity issue's PruningPlan, layers rebuilt from masked
+"""Weight-pruning edits in replay: keep-masks from `workbench.pruning.PruningPlan`, layers rebuilt from masked
 copies of their weights, and every pruned projection run through the masked-matmul kernels.
 
 Where the kernels dispatch to Triton (CUDA, or forced), a matrix pruned by one N:M edit (M a power of
@@ -29,6 +29,7 @@ from workbench.kernels.masked_matmul import (
 from workbench.kernels.sparse_mlp import MlpParams
 from workbench.models import ModelHandle
 from workbench.pruning import PrunableMatrix, PruningPlan, parse_nm, prunable_matrices, scores
+from workbench.replay.caches import PruningOrderKey, ReplayCache
 from workbench.replay.edits import WeightPrune
 from workbench.replay.stack import Layer, Stack
 
@@ -44,7 +45,6 @@ STACK_NAMES = {
     "mlp_out": ("out",),
 }
 ATTENTION = ("q", "k", "v", "o")
-PRUNING_ORDERS = 4  # pruning orders (scores ranked once) kept per engine cache
 
 
 @dataclass(eq=False)
@@ -74,15 +74,16 @@ def masked_linear(w: torch.Tensor, nm: tuple[int, int] | None, backend: str | No
 
 
 def prune_masks(
-    handle: ModelHandle, edit: WeightPrune, cache: dict | None = None
+    handle: ModelHandle, edit: WeightPrune, cache: ReplayCache | None = None
 ) -> tuple[list[PrunableMatrix], list[torch.Tensor]]:
-    """The matrices a weight-pruning edit touches and their keep-masks (the sparsity issue's PruningPlan).
+    """The matrices a weight-pruning edit touches and their keep-masks (from a `PruningPlan`).
 
-    The plan (scores ranked once) is kept in `cache` by everything but the level, so a sparsity slider
-    pays the ranking once and each new level costs one comparison.
+    The plan (scores ranked once) is kept in `cache.pruning_orders` by everything but the level, so a
+    sparsity slider pays the ranking once and each new level costs one comparison.
     """
-    key = ("prune", edit.pattern, edit.criterion, edit.layer_list, edit.matrices, edit.seed)
-    if cache is None or key not in cache:
+    key = PruningOrderKey.of(edit)
+    held = None if cache is None else cache.pruning_orders.get(key)
+    if held is None:
         matrices = prunable_matrices(handle)
         layers = set(edit.layers(handle.facts.n_layers))
         chosen = [
@@ -92,18 +93,13 @@ def prune_masks(
             kinds = sorted({m.kind for m in matrices})
             raise WorkbenchError(f"weight_prune selects no matrices; kinds in this model: {kinds}")
         plan = PruningPlan.build(chosen, scores(chosen, edit.criterion, seed=edit.seed), edit.pattern)
-        if cache is None:
-            return chosen, plan.masks(edit.sparsity)
-        held = [k for k in cache if isinstance(k, tuple) and k and k[0] == "prune"]
-        for stale in held[: max(0, len(held) - PRUNING_ORDERS + 1)]:  # each holds int32 ranks per weight
-            del cache[stale]
-        cache[key] = (chosen, plan)
-    chosen, plan = cache[key]
+        held = (chosen, plan) if cache is None else cache.pruning_orders.put(key, (chosen, plan))
+    chosen, plan = held
     return chosen, plan.masks(edit.sparsity)
 
 
 def pruned_layers(
-    handle: ModelHandle, stack: Stack, edits: list[WeightPrune], cache: dict | None = None
+    handle: ModelHandle, stack: Stack, edits: list[WeightPrune], cache: ReplayCache | None = None
 ) -> tuple[list[Layer], dict[int, Callable]]:
     """The stack's layers with pruned ones rebuilt, and the pruned dense MLPs as replay overrides."""
     if not edits:

@@ -11,8 +11,6 @@ pays the weight gathering once.
 from __future__ import annotations
 
 import dataclasses
-import json
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +20,7 @@ import torch
 
 from workbench.errors import WorkbenchError
 from workbench.models import ModelHandle
+from workbench.replay.caches import PlanKey
 from workbench.replay.edits import Edit, parse_edits
 from workbench.replay.effects import effects
 from workbench.replay.engine import ReplayEngine
@@ -37,12 +36,10 @@ DEFINITION = (
     "‖r_edited − r_base‖ / ‖r_base‖ for the residual entering layer l (l = n_layers: after the last block). "
     "See docs/methods.md#effects-of-an-edit."
 )
-PLAN_CACHE = 16  # compiled edit lists kept per session
-PRUNED_PLAN_CACHE = 2  # of which with weight pruning (each holds masked copies of the weights it prunes)
 
 
 @register_result
-@dataclass
+@dataclass(kw_only=True)
 class ReplayResult(Result):
     kind = "replay"
     title = "Edit replay: effect on the model's outputs"
@@ -110,12 +107,11 @@ class ReplaySession:
         if engine_of is not None and backend not in (None, engine_of.engine.stack.backend):
             raise WorkbenchError("backend conflicts with engine_of's; a shared stack has one backend")
         if engine_of is not None:
-            stack, cache = engine_of.engine.stack, engine_of.engine._cache
+            stack, cache = engine_of.engine.stack, engine_of.engine.cache.sharing_loaded()
         else:
             stack, cache = Stack.of(handle, backend=backend), None
         self.engine = ReplayEngine(handle, tokens, stack, cache)
         self.data = data or {"tokens": int(self.engine.tokens.numel())}
-        self._plans: OrderedDict[str, Plan] = OrderedDict()
         self._base_continuations: dict[tuple[int, int], torch.Tensor] = {}  # (row, n) -> tokens
 
     @classmethod
@@ -134,17 +130,12 @@ class ReplaySession:
     def plan(self, edits: Any) -> tuple[list[Edit], Plan]:
         """Edits (objects or their JSON) compiled once and cached by their JSON."""
         parsed = parse_edits([edits] if isinstance(edits, Edit) else edits)
-        key = json.dumps([e.to_dict() for e in parsed], sort_keys=True)
-        if key in self._plans:
-            self._plans.move_to_end(key)
-        else:
-            self._plans[key] = self.engine.compile(parsed)
-            pruned = [k for k in self._plans if '"weight_prune"' in k]
-            for stale in pruned[: max(0, len(pruned) - PRUNED_PLAN_CACHE)]:
-                del self._plans[stale]
-            if len(self._plans) > PLAN_CACHE:
-                self._plans.popitem(last=False)
-        return parsed, self._plans[key]
+        key = PlanKey.of(parsed)
+        plans = self.engine.cache.plans_for(key)
+        plan = plans.get(key)
+        if plan is None:
+            plan = plans.put(key, self.engine.compile(parsed))
+        return parsed, plan
 
     def apply(self, edits: Any, chosen: list[int] | None = None) -> ReplayResult:
         """The edits' effect on this batch: replays from the first edited layer."""
@@ -170,22 +161,22 @@ class ReplaySession:
             },
         )
         return ReplayResult(
-            self.handle.name,
-            [e.to_dict() for e in parsed],
-            plan.first_layer,
-            int(self.engine.tokens.numel()),
-            summary["ce_base"],
-            summary["ce_edited"],
-            summary["ce_delta"],
-            summary["kl"],
-            summary["top1_agreement"],
-            summary["resid_deviation"],
-            per_token,
-            replayed.seconds,
-            plan.apply_seconds,
-            self.engine.full_forward_seconds,
-            provenance,
-            summary.get("logit_diff"),
+            model=self.handle.name,
+            edits=[e.to_dict() for e in parsed],
+            first_layer=plan.first_layer,
+            tokens=int(self.engine.tokens.numel()),
+            ce_base=summary["ce_base"],
+            ce_edited=summary["ce_edited"],
+            ce_delta=summary["ce_delta"],
+            kl=summary["kl"],
+            top1_agreement=summary["top1_agreement"],
+            resid_deviation=summary["resid_deviation"],
+            per_token=per_token,
+            seconds=replayed.seconds,
+            apply_seconds=plan.apply_seconds,
+            full_forward_seconds=self.engine.full_forward_seconds,
+            provenance=provenance,
+            logit_diff=summary.get("logit_diff"),
         )
 
     def generate(self, edits: Any, n_tokens: int, row: int = 0) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from workbench.errors import WorkbenchError
 from workbench.kernels.moe_dispatch import moe_dispatch
 from workbench.kernels.sparse_mlp import MlpParams, mlp_dense
 from workbench.models import ModelHandle
-from workbench.pruning import hf_parameters
+from workbench.models.bridge import unwrap
 
 LLAMA_LIKE = ("llama", "mistral", "qwen2", "mixtral", "qwen2_moe")
 SUPPORTED = ("gpt2", *LLAMA_LIKE)
@@ -174,7 +174,7 @@ class Stack:
     def of(cls, handle: ModelHandle, backend: str | None = None) -> Stack:
         """The handle's model as tensors. `backend="triton"` forces the Triton kernels (tests run them on
         the CPU under TRITON_INTERPRET=1); `"torch"` keeps them off."""
-        hf = handle.model.original_model
+        hf = handle.hf_model
         config = hf.config
         kind = config.model_type
         if kind not in SUPPORTED:
@@ -182,7 +182,7 @@ class Stack:
                 f"Replay supports {', '.join(SUPPORTED)} models; {handle.name} is {kind!r}. Use the "
                 "hook-based edits (workbench.replay.hooked.edits_applied) for other architectures."
             )
-        params = {name: module._parameters[attr].detach() for name, module, attr in hf_parameters(hf)}
+        params = {name: module._parameters[attr].detach() for name, module, attr in handle.hf_parameters()}
         n = config.num_hidden_layers
         if kind == "gpt2":
             build = _gpt2_layer(config)
@@ -237,12 +237,6 @@ class Stack:
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self.norm(x), self.unembed, self.unembed_bias)
-
-    def block(self, i: int, x: torch.Tensor, rope) -> torch.Tensor:
-        """One unedited block."""
-        layer = self.layers[i]
-        x = x + layer.attn(layer.ln1(x), rope)
-        return x + run_mlp(layer.mlp, layer.ln2(x))
 
 
 def _sliding_window(config) -> int | None:
@@ -343,9 +337,7 @@ def _llama_layer(config):
 
 def _rope_fn(hf, dtype: torch.dtype) -> Callable[[int], tuple[torch.Tensor, torch.Tensor]]:
     """cos, sin [T, dh] from the model's own rotary module (its scaling rules included), cached by T."""
-    module = hf.model.rotary_emb
-    while "_original_component" in module._modules:
-        module = module._modules["_original_component"]
+    module = unwrap(hf.model.rotary_emb)
     cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def rope(n_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -30,6 +30,7 @@ DTYPES: dict[str, torch.dtype] = {
     "int32": torch.int32,
     "int16": torch.int16,
 }
+FLOAT_DTYPES = {name: dtype for name, dtype in DTYPES.items() if dtype.is_floating_point}  # probe values
 SAFETENSORS_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64"}
 SAFETENSORS_DTYPES |= {"int32": "I32", "int16": "I16"}
 

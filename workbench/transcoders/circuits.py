@@ -32,6 +32,8 @@ import torch
 
 from workbench.errors import WorkbenchError
 from workbench.models import ModelHandle
+from workbench.models.bridge import unwrap
+from workbench.models.hooks import hooks_attached
 from workbench.results import Provenance, Result, register_result
 from workbench.transcoders.data import mlp_hooks
 from workbench.transcoders.model import Transcoder
@@ -40,8 +42,7 @@ DEFINITION = __doc__.split("\n\n", 1)[1].strip()
 
 
 def _norm_weight(module) -> torch.Tensor:
-    inner = getattr(module, "original_component", module)
-    return inner.weight.detach().float()
+    return unwrap(module).weight.detach().float()
 
 
 def _centres(handle: ModelHandle) -> bool:
@@ -85,16 +86,12 @@ def _recording(handle: ModelHandle, names: list[str], seen: dict[str, torch.Tens
 
         return hook
 
-    handles = [points[n].register_forward_hook(keeper(n)) for n in names]
-    try:
+    with hooks_attached([(points[n], keeper(n)) for n in names]):
         yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 @register_result
-@dataclass
+@dataclass(kw_only=True)
 class AttributionResult(Result):
     kind = "attribution"
     title = "Circuit: upstream transcoder features of a target"

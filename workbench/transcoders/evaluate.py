@@ -72,7 +72,7 @@ def scores(sums: dict[str, float]) -> dict[str, float]:
 
 
 @register_result
-@dataclass
+@dataclass(kw_only=True)
 class TranscoderEval(Result):
     kind = "transcoder_eval"
     title = "Transcoder: reconstruction and spliced-in quality"

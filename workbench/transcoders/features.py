@@ -56,7 +56,7 @@ class FeatureReducer:
 
 
 @register_result
-@dataclass
+@dataclass(kw_only=True)
 class FeatureTable(Result):
     kind = "transcoder_features"
     title = "Transcoder features"

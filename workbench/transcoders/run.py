@@ -32,7 +32,7 @@ DEFINITION = (
 
 
 @register_result
-@dataclass
+@dataclass(kw_only=True)
 class TranscoderTraining(Result):
     kind = "transcoder_train"
     title = "Transcoder training"

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 import torch
 
 from workbench.models import ModelHandle
+from workbench.models.hooks import hooks_attached
 from workbench.transcoders.data import mlp_hooks
 
 
@@ -30,15 +31,8 @@ def mlp_replaced(
     def swap_output(module, inputs, output):
         return replace(seen.pop("x"), output).to(output.dtype)
 
-    handles = [
-        points[hook_in].register_forward_hook(keep_input),
-        points[hook_out].register_forward_hook(swap_output),
-    ]
-    try:
+    with hooks_attached([(points[hook_in], keep_input), (points[hook_out], swap_output)]):
         yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def transcoder_replacement(transcoder) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
