@@ -16,12 +16,13 @@ import altair as alt
 import pandas as pd
 import torch
 
+from workbench import essential_defaults as defaults
 from workbench.errors import WorkbenchError
 from workbench.evaluate import evaluate
 from workbench.pruning import PruningPlan, prunable_matrices, pruned, scores
 from workbench.results import Provenance, Result, register_result
 
-DEFAULT_LEVELS = tuple(round(0.1 * i, 1) for i in range(10))
+DEFAULT_LEVELS = defaults.LEVELS
 INPUT_HOOKS = {  # where each matrix kind reads its input, for Wanda's ‖X_j‖
     "attn_q": "ln1.hook_out",
     "attn_k": "ln1.hook_out",
@@ -170,21 +171,42 @@ class EssentialResult(Result):
         return {"pruning_curve": (line + rule).properties(title=title)}
 
 
+def wanda_calibration(handle, windows, calibration, n_tokens: int, seed: int):
+    """Wanda's calibration windows: given ones as they are, else drawn from a source (see `sweep`)."""
+    from workbench.calibration import CalibrationSource, calibration_source, calibration_windows
+
+    if calibration is not None and not isinstance(calibration, CalibrationSource):
+        return calibration
+    corpus = windows.slice_info.get("corpus")
+    source = calibration or calibration_source(corpus, purpose="wanda's input norms")
+    return calibration_windows(handle, source, windows.context, n_tokens, seed=seed + 1)
+
+
 def sweep(
     handle,
     windows,
-    pattern: str = "global",
-    criterion: str = "magnitude",
+    pattern: str | None = None,
+    criterion: str = defaults.CRITERION,
     levels=DEFAULT_LEVELS,
-    tolerance: float = 0.01,
-    refine: int = 3,
+    tolerance: float = defaults.TOLERANCE,
+    refine: int = defaults.REFINE,
     calibration=None,
     batch_size: int = 8,
     seed: int = 0,
     progress: bool = True,
+    calibration_tokens: int = defaults.CALIBRATION_TOKENS,
 ) -> EssentialResult:
-    """Evaluate the model pruned at each level (plus bisection steps) and find s* and the knee."""
+    """Evaluate the model pruned at each level (plus bisection steps) and find s* and the knee.
+
+    `pattern` defaults to rowwise for Wanda and global otherwise (`essential_defaults.default_pattern`).
+    Wanda's input norms come from `calibration`: token windows, or a `CalibrationSource` of which
+    `calibration_tokens` in windows of the evaluated length are drawn with seed + 1; without it, the
+    train split of the evaluated corpus (`workbench.calibration`).
+    """
     t0 = time.perf_counter()
+    pattern = pattern or defaults.default_pattern(criterion)
+    if criterion == "wanda":
+        calibration = wanda_calibration(handle, windows, calibration, calibration_tokens, seed)
     matrices = prunable_matrices(handle)
     norms = wanda_norms(handle, matrices, calibration, batch_size) if criterion == "wanda" else None
     if criterion == "wanda" and calibration is None:

@@ -88,6 +88,18 @@ def foundation_results(
     return [ModelFactsResult.of(handle), CorpusFactsResult.of(windows, handle), evaluation]
 
 
+def routing_results(
+    handle: ModelHandle, windows: TokenWindows, batch_size: int = 8, seed: int = 0
+) -> list[Result]:
+    """A mixture-of-experts model's report has a routing section (every label); a dense model's has none."""
+    if not handle.facts.moe:
+        return []
+    from workbench.experts.labels import LABELS
+    from workbench.experts.specialization import run_experts
+
+    return [run_experts(handle, windows, list(LABELS), batch_size, seed)]
+
+
 def make_report(
     handle: ModelHandle,
     windows: TokenWindows,
@@ -96,9 +108,14 @@ def make_report(
     seed: int = 0,
     extra: list[Result] | None = None,
 ) -> Path:
-    """Compute the report's results into `run`, then render run/report.html from the folder."""
+    """Compute the report's results into `run`, then render run/report.html from the folder.
+
+    The sections: the foundation results, a mixture-of-experts model's routing (`routing_results`), then
+    `extra` (e.g. the results of other run folders).
+    """
+    routing = routing_results(handle, windows, batch_size=batch_size, seed=seed)
     results = foundation_results(handle, windows, batch_size=batch_size, seed=seed)
     for result in results:
         result.provenance.command = run.command
-    run.save(results + list(extra or []), files=["report.html"], main=results[-1])
+    run.save(results + routing + list(extra or []), files=["report.html"], main=results[-1])
     return write_report(run.path)

@@ -77,7 +77,8 @@ def test_report_writes_a_run_folder_whose_results_parse(checkpoints, tmp_path, c
 def test_report_folder_is_named_after_the_resolved_model(checkpoints, tmp_path, monkeypatch, capsys):
     """Without --model and --out, the new run folder carries the model the default resolved to."""
     monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "runs"))
-    monkeypatch.setattr("workbench.cli.default_model", lambda progress=True: str(checkpoints["gpt2"]))
+    resolved = str(checkpoints["gpt2"])
+    monkeypatch.setattr("workbench.commands.flags.default_model", lambda progress=True: resolved)
     assert main(["report", "--tokens", "64", "--context", "16", "--json"]) == 0
     body = json.loads(capsys.readouterr().out)
     (folder,) = (tmp_path / "runs").iterdir()

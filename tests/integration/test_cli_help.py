@@ -87,7 +87,7 @@ def test_tokens_help_says_what_each_command_does_with_n():
 
 def test_help_and_commands_point_to_the_projects_own_docs():
     """No help text or command module cites the design notes outside the repository (users never see them)."""
-    sources = [REPO / "workbench" / "cli.py", *sorted((REPO / "workbench").glob("*/commands.py"))]
+    sources = [REPO / "workbench" / "cli.py", *sorted((REPO / "workbench" / "commands").glob("*.py"))]
     helps = [p.format_help() for p in subparsers().values()]
     for text in helps + [path.read_text() for path in sources]:
         assert not any(doc in text for doc in tuple(s + ".md" for s in ("PAPERS", "ENVIRONMENT", "DESIGN")))

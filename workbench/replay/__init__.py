@@ -5,7 +5,7 @@ session = ReplaySession.from_text(handle, "def add(a, b):")
 session.apply([SublayerSkip(3, "mlp")]).ce_delta
 
 The names below are imported on first use (PEP 562), so that `workbench --help`, which reads the replay
-command's flags from workbench.replay.commands, does not import torch.
+command's module (workbench/commands/replay.py), does not import torch.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from workbench.replay.batched import replay_in_batches
     from workbench.replay.edits import (
         EDIT_KINDS,
         Edit,
@@ -54,6 +55,7 @@ _MODULE_OF = {
     ),
     "ReplayEngine": "engine",
     "edits_applied": "hooked",
+    "replay_in_batches": "batched",
     "ReplayResult": "session",
     "ReplaySession": "session",
 }
@@ -76,6 +78,7 @@ __all__ = [
     "edits_applied",
     "load_edits",
     "parse_edits",
+    "replay_in_batches",
 ]
 
 

@@ -21,6 +21,7 @@ from workbench.corpus import TokenWindows
 from workbench.errors import WorkbenchError
 from workbench.models import ModelHandle
 from workbench.transcoders.data import model_pairs
+from workbench.transcoders.defaults import default_layer
 from workbench.transcoders.evaluate import evaluate_transcoder
 from workbench.transcoders.model import Transcoder, TranscoderConfig
 from workbench.transcoders.train import TrainConfig, Trainer
@@ -106,7 +107,7 @@ def bench_transcoder(
     calibration: CalibrationSource | None = None,
 ) -> dict:
     """Train both on `train_tokens` of `calibration` (default: pydocs:train), evaluate both on `windows`."""
-    layer = handle.facts.n_layers // 2 if layer is None else layer
+    layer = default_layer(handle.facts.n_layers) if layer is None else layer
     width = width or 16 * handle.facts.d_model
     source = calibration or calibration_source(purpose="bench transcoder's training")
     train_windows = calibration_windows(handle, source, windows.context, train_tokens, seed)

@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from workbench.corpus import TokenWindows
+from workbench.errors import WorkbenchError
 from workbench.models import ModelHandle
 from workbench.results import Provenance, Result, register_result
 from workbench.transcoders.model import Transcoder
@@ -159,6 +160,15 @@ def scores_keys() -> tuple[str, ...]:
     )
 
 
+def check_fits(handle: ModelHandle, transcoder: Transcoder) -> None:
+    """Refuse, with what is wrong, a transcoder whose input width is not the model's d_model."""
+    if handle.facts.d_model != transcoder.cfg.d_in:
+        raise WorkbenchError(
+            f"The transcoder reads d_in={transcoder.cfg.d_in}, but {handle.name} has d_model "
+            f"{handle.facts.d_model}."
+        )
+
+
 @torch.inference_mode()
 def evaluate_transcoder(
     handle: ModelHandle,
@@ -168,6 +178,7 @@ def evaluate_transcoder(
     progress: bool = True,
     seed: int = 0,
 ) -> TranscoderEval:
+    check_fits(handle, transcoder)
     layer = transcoder.cfg.layer
     n_dom = len(windows.domains)
     sums = {k: torch.zeros(n_dom, dtype=torch.float64) for k in SUMS}

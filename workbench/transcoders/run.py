@@ -19,6 +19,7 @@ from workbench.errors import WorkbenchError
 from workbench.models import ModelHandle
 from workbench.results import Provenance, Result, register_result
 from workbench.transcoders.data import mlp_hooks, model_pairs, store_pairs
+from workbench.transcoders.defaults import WIDTH_PER_D_MODEL, default_layer
 from workbench.transcoders.model import Transcoder, TranscoderConfig
 from workbench.transcoders.saelens import load_saelens, save_saelens
 from workbench.transcoders.train import CHECKPOINT, TrainConfig, Trainer, load_transcoder, save_transcoder
@@ -108,7 +109,7 @@ def train_transcoder(
     handle: ModelHandle,
     windows: TokenWindows | None,
     out: Path,
-    layer: int,
+    layer: int | None = None,
     arch: str = "topk",
     width: int | None = None,
     k: int | None = 32,
@@ -123,11 +124,15 @@ def train_transcoder(
 ) -> tuple[Transcoder, TranscoderTraining]:
     """Train (or resume) a transcoder on `layer` of `handle`; weights land in `out`.
 
+    `layer` defaults to the middle one (`defaults.default_layer`), `width` to 32 × d_model and the token
+    budget to `TrainConfig.tokens` (`defaults.TRAIN_TOKENS`).
+
     `on_start` is called once every check has passed, just before training (the run folder's begin).
     SIGINT/SIGTERM during training save a checkpoint and raise TrainingInterrupted (see train.py).
     """
     if handle.facts.moe:
         raise WorkbenchError(f"{handle.name} routes its MLPs to experts; transcoders need a dense MLP layer.")
+    layer = default_layer(handle.facts.n_layers) if layer is None else layer
     if not 0 <= layer < handle.facts.n_layers:
         raise WorkbenchError(f"--layer must be in 0..{handle.facts.n_layers - 1}, got {layer}.")
     train = train or TrainConfig()
@@ -135,7 +140,7 @@ def train_transcoder(
     cfg = TranscoderConfig(
         d_in=handle.facts.d_model,
         d_out=handle.facts.d_model,
-        width=width or 32 * handle.facts.d_model,
+        width=width or WIDTH_PER_D_MODEL * handle.facts.d_model,
         arch=arch,
         k=k if arch == "topk" else None,
         l1=l1,

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from workbench.errors import WorkbenchError
 from workbench.transcoders.data import Batch
+from workbench.transcoders.defaults import TRAIN_TOKENS
 from workbench.transcoders.model import Transcoder, TranscoderConfig, TranscoderOutput
 
 CHECKPOINT = "checkpoint"
@@ -40,7 +41,7 @@ LOG_EVERY = 20
 
 @dataclass
 class TrainConfig:
-    tokens: int = 2_000_000
+    tokens: int = TRAIN_TOKENS
     batch_size: int = 1024
     lr: float | None = None  # default: 2e-4 / sqrt(width / 2^14) for topk (sparsify's rule), 4e-4 for relu
     warmup_steps: int = 50

@@ -1,0 +1,37 @@
+"""`workbench inspect`: describe (and --verify) an activation store."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from workbench.commands.flags import FailedWith
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dir", type=Path, help="a capture run folder or a store folder")
+    parser.add_argument("--verify", action="store_true", help="check every shard's checksum")
+
+
+def run(args: argparse.Namespace) -> dict:
+    from workbench.store import inspect_store
+
+    path = args.dir / "store" if (args.dir / "store").is_dir() else args.dir
+    summary = inspect_store(path, verify=args.verify)
+    if not args.json:
+        state = "complete" if summary["complete"] else "incomplete"
+        checked = {None: "", True: ", every shard verified", False: ", DAMAGED"}[summary["verified"]]
+        print(
+            f"{path}: {summary['tokens']} tokens, {state}, {summary['shards']} shards, "
+            f"{summary['bytes'] / 1e6:.1f} MB{checked}"
+        )
+        for name, spec in summary["hooks"].items():
+            print(f"  {name:45s} {tuple(spec['shape'])} {spec['dtype']}")
+    if summary["verified"] is False:  # exit non-zero; with --json the summary is still printed
+        bad = "; ".join(f"{name} is {why}" for name, why in summary["damage"].items())
+        raise FailedWith(
+            f"Damaged store {path}: {len(summary['damage'])} of {summary['shards']} shards are bad: {bad}. "
+            "Their values cannot be trusted: re-run the capture into a new folder.",
+            summary,
+        )
+    return summary
