@@ -16,8 +16,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from workbench.bench.kernels import triton_benchmark
 from workbench.kernels import dispatch, sparse_mlp
-from workbench.kernels.benchmark import triton_benchmark
 from workbench.kernels.head_attention import head_attention_reference, head_masked_attention
 from workbench.kernels.masked_matmul import (
     BlockMaskedWeight,
@@ -593,7 +593,8 @@ def test_kernels_import_without_triton():
     code = (
         "import sys; sys.modules['triton'] = None\n"  # import triton now raises ImportError
         "import torch\n"
-        "from workbench.kernels import sparse_mlp, masked_matmul, head_attention, moe_dispatch, benchmark\n"
+        "from workbench.kernels import sparse_mlp, masked_matmul, head_attention, moe_dispatch\n"
+        "from workbench.bench import kernels as benchmark, gpu_kernels\n"
         "from workbench.kernels.dispatch import use_triton\n"
         "assert not use_triton(torch.zeros(1))\n"
         "print(benchmark.triton_benchmark()['skipped'])\n"
@@ -612,7 +613,7 @@ def test_triton_benchmark_skips_without_cuda():
 def test_gpu_benchmark_dry_run(triton_device):
     if triton_device != "cpu":
         pytest.skip("on a GPU, triton_benchmark() is the real run")
-    from workbench.kernels._gpu_benchmark import gpu_rows
+    from workbench.bench.gpu_kernels import gpu_rows
 
     rows = gpu_rows("cpu", small=True)
     assert not [r for r in rows if "error" in r]

@@ -1,20 +1,21 @@
-"""The rows of `benchmark.triton_benchmark`: each Triton kernel against its torch CUDA path, on one GPU.
+"""The rows of `kernels.triton_benchmark`: each Triton kernel against its torch CUDA path, on one GPU.
 
-Imports only torch, triton and the kernels. Each row also carries the kernel's largest error relative to
-the torch path's output, so a compiled kernel that computes the wrong thing shows up beside its speed.
+Imports only torch, the kernels and the timing helper (`timing`). Each row also carries the kernel's
+largest error relative to the torch path's output, so a compiled kernel that computes the wrong thing
+shows up beside its speed.
 `gpu_rows("cpu", small=True)` runs the same cases on tiny shapes under TRITON_INTERPRET=1 (a dry run of
 this code, not a measurement).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from workbench.bench.timing import median_seconds
 from workbench.kernels.head_attention import head_masked_attention
 from workbench.kernels.masked_matmul import (
     BlockMaskedWeight,
@@ -42,22 +43,10 @@ class Setup:
         return torch.randn(*shape, device=self.device, dtype=dtype or self.dtype) / shape[-1] ** 0.5
 
     def ms(self, fn: Fn) -> float:
-        """Median milliseconds of fn(): CUDA events on a GPU, one wall-clock call in the dry run."""
+        """Median milliseconds of fn(): CUDA events, 50 calls after 10, on a GPU; one call in the dry run."""
         if self.device != "cuda":
-            start = time.perf_counter()
-            fn()
-            return (time.perf_counter() - start) * 1e3
-        for _ in range(10):
-            fn()
-        times = []
-        for _ in range(50):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        return sorted(times)[len(times) // 2]
+            return median_seconds(fn, 1, warmup=0) * 1e3
+        return median_seconds(fn, 50, warmup=10, cuda=True) * 1e3
 
     def row(self, kernel: str, shape: str, triton_fn: Fn, torch_fn: Fn, **baselines: Fn) -> dict:
         """Triton against the torch path (speedup = torch_ms / triton_ms), plus further baselines' times."""

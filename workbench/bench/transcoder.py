@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-import time
 
 import torch
 
+from workbench.bench.timing import stopwatch
 from workbench.calibration import CalibrationSource, calibration_source, calibration_windows
 from workbench.corpus import TokenWindows
 from workbench.errors import WorkbenchError
@@ -86,12 +86,11 @@ def train_with_sparsify(
             log_to_wandb=False,
         )
         trainer = sparsify.Trainer(train_cfg, data, hf)
-        start = time.perf_counter()
-        trainer.fit()
-        seconds = time.perf_counter() - start
+        with stopwatch() as watch:
+            trainer.fit()
         coder = trainer.saes[hookpoint]
     torch.set_float32_matmul_precision(precision)  # sparsify sets "high" for the whole process
-    return _from_sparsify(coder, cfg), seconds
+    return _from_sparsify(coder, cfg), watch.seconds
 
 
 def bench_transcoder(
@@ -118,14 +117,14 @@ def bench_transcoder(
 
     ours = Transcoder(cfg, seed=seed)
     trainer = Trainer(ours, train)
-    start = time.perf_counter()
-    trainer.run(
-        model_pairs(
-            handle, train_windows, layer, BATCH_TOKENS, buffer_tokens=min(65536, tokens // 4), seed=seed
-        ),
-        progress=progress,
-    )
-    our_seconds = time.perf_counter() - start
+    with stopwatch() as watch:
+        trainer.run(
+            model_pairs(
+                handle, train_windows, layer, BATCH_TOKENS, buffer_tokens=min(65536, tokens // 4), seed=seed
+            ),
+            progress=progress,
+        )
+    our_seconds = watch.seconds
     theirs, their_seconds = train_with_sparsify(handle, train_windows, cfg, lr, train.warmup_steps, seed)
 
     evaluated = {}

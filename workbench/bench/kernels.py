@@ -1,39 +1,25 @@
-"""Speed of the kernels against the dense computation they replace, measured in the same run.
+"""Speed of the kernels (`workbench.kernels`) against the dense computation they replace, in the same run.
 
 `sparse_mlp_benchmark` times the CPU torch paths of the sparse MLP; `triton_benchmark` times the Triton
-kernels against their torch CUDA paths on a GPU (it imports only torch and triton, so it runs on a GPU
-machine without the rest of the workbench's dependencies).
+kernels against their torch CUDA paths on a GPU (`gpu_kernels`). Both are parts (b) and (c) of
+`workbench bench replay`; `python -m workbench.bench.kernels` prints them alone.
 """
 
 from __future__ import annotations
 
-import statistics
-import time
-from collections.abc import Callable
+import itertools
 
 import torch
 
+from workbench.bench.timing import median_seconds, stopwatch
 from workbench.kernels.dispatch import triton_importable
 from workbench.kernels.sparse_mlp import MlpParams, gather_neurons, mlp_dense, sparse_mlp_per_token
 
-SKIPPED = "no CUDA device: Triton kernels were checked for correctness under TRITON_INTERPRET=1 only"
 SKIPPED = "no CUDA device: Triton kernels were checked for correctness under TRITON_INTERPRET=1 only"
 MLP_SHAPES = {  # name: (d_model, d_mlp, gated, act)
     "smollm2": (576, 1536, True, "silu"),
     "relu-2048": (2048, 8192, False, "relu"),
 }
-
-
-def _median_ms(fn: Callable[[int], object], repeats: int, warmup: int = 3) -> float:
-    """Median wall time of fn(i) over `repeats` calls (i = the call's number), after `warmup` calls."""
-    for i in range(warmup):
-        fn(i)
-    times = []
-    for i in range(repeats):
-        start = time.perf_counter()
-        fn(i)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
 
 
 def random_mlp(d_model: int, d_mlp: int, gated: bool, act: str, generator: torch.Generator) -> MlpParams:
@@ -69,7 +55,7 @@ def sparse_mlp_benchmark(repeats: int = 20) -> list[dict]:
             p = random_mlp(d_model, d_mlp, gated, act, gen)
             for tokens in (1, 16, 256):
                 x = torch.randn(tokens, d_model, generator=gen)
-                dense_ms = _median_ms(lambda i, x=x, p=p: mlp_dense(x, p), repeats)
+                dense_ms = median_seconds(lambda x=x, p=p: mlp_dense(x, p), repeats, warmup=3) * 1e3
                 base = {"shape": shape, "d_model": d_model, "d_mlp": d_mlp, "gated": gated, "tokens": tokens}
                 for skip in (0.9, 0.97):
                     k = round((1 - skip) * d_mlp)
@@ -87,13 +73,14 @@ def sparse_mlp_benchmark(repeats: int = 20) -> list[dict]:
 def _sparse_timings(x: torch.Tensor, p: MlpParams, k: int, repeats: int, gen: torch.Generator):
     """(sets, sparse_ms, apply_seconds) for a shared set of k neurons and for per-token sets of k."""
     neurons = torch.randperm(p.d_mlp, generator=gen)[:k].sort().values
-    apply_seconds = _median_ms(lambda i: gather_neurons(p, neurons), 3, warmup=1) / 1e3
+    apply_seconds = median_seconds(lambda: gather_neurons(p, neurons), 3, warmup=1)
     small = gather_neurons(p, neurons)
-    yield "shared", _median_ms(lambda i: mlp_dense(x, small), repeats), apply_seconds
+    yield "shared", median_seconds(lambda: mlp_dense(x, small), repeats, warmup=3) * 1e3, apply_seconds
     per_token = [_random_sets(x.shape[0], p.d_mlp, k, gen) for _ in range(repeats + 3)]  # none reused
+    calls = itertools.count()  # warm-up calls included: each call takes the next set
     yield (
         "per_token",
-        _median_ms(lambda i: sparse_mlp_per_token(x, p, per_token[i % len(per_token)]), repeats),
+        median_seconds(lambda: sparse_mlp_per_token(x, p, per_token[next(calls)]), repeats, warmup=3) * 1e3,
         None,
     )
 
@@ -102,7 +89,7 @@ def triton_benchmark() -> dict:
     """On a CUDA device: each Triton kernel against its torch CUDA path (and N:M against dense and 2:4)."""
     if not (torch.cuda.is_available() and triton_importable()):
         return {"skipped": SKIPPED}
-    from workbench.kernels._gpu_benchmark import gpu_rows
+    from workbench.bench.gpu_kernels import gpu_rows
 
     return {"device": torch.cuda.get_device_name(), "rows": gpu_rows()}
 
@@ -119,7 +106,7 @@ def print_table(rows: list[dict]) -> None:
 
 
 if __name__ == "__main__":
-    start = time.perf_counter()
-    print_table(sparse_mlp_benchmark())
-    print(f"({time.perf_counter() - start:.1f} s)")
+    with stopwatch() as watch:
+        print_table(sparse_mlp_benchmark())
+    print(f"({watch.seconds:.1f} s)")
     print(triton_benchmark())

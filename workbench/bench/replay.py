@@ -1,16 +1,14 @@
 """`workbench bench replay`: (a) prefix reuse, (b) sparse vs dense MLP on the CPU torch path, (c) the
-Triton kernels on a GPU (or a line saying they were skipped). Every figure is a ratio against a baseline
-timed in the same run; medians of interleaved repeats (timings here are noisy).
+Triton kernels on a GPU (or a line saying they were skipped); (b) and (c) come from
+`workbench.bench.kernels`. Every figure is a ratio against a baseline timed in the same run; medians of
+interleaved repeats (timings here are noisy).
 """
 
 from __future__ import annotations
 
-import statistics
-import time
-from collections.abc import Callable
-
 import torch
 
+from workbench.bench.timing import time_calls
 from workbench.replay.edits import HeadMask, NeuronMask
 from workbench.replay.engine import ReplayEngine, run_layers
 from workbench.replay.stack import Moe
@@ -22,19 +20,6 @@ MLP_TARGETS = {
     ("shared", 256, 0.97, None): 0.4,
     ("per_token", 1, 0.9, "relu-2048"): 0.3,
 }
-
-
-def _median_times(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Interleaved timings of each function, median seconds."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for fn in fns.values():
-        fn()  # warm-up
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def prefix_reuse(handle, tokens: torch.Tensor, repeats: int = 5) -> dict:
@@ -51,7 +36,7 @@ def prefix_reuse(handle, tokens: torch.Tensor, repeats: int = 5) -> dict:
     rope = stack.rope(tokens.shape[1])
     d_mlp = handle.facts.d_mlp
     rows = []
-    bridge = _median_times({"bridge": lambda: handle.logits(tokens)}, max(1, repeats // 2))["bridge"]
+    bridge = time_calls({"bridge": lambda: handle.logits(tokens)}, max(1, repeats // 2))["bridge"].median
     for layer in sorted({n // 4, n // 2, 3 * n // 4}):
         moe = isinstance(stack.layers[layer].mlp, Moe)
         plan = engine.compile(
@@ -63,9 +48,8 @@ def prefix_reuse(handle, tokens: torch.Tensor, repeats: int = 5) -> dict:
                 out = run_layers(stack, engine.base.resid[layer], layer, None, rope)
                 return stack.logits(out[-1])
 
-        t = _median_times(
-            {"full": engine.forward, "ideal": ideal, "replay": lambda plan=plan: engine.replay(plan)}, repeats
-        )
+        fns = {"full": engine.forward, "ideal": ideal, "replay": lambda plan=plan: engine.replay(plan)}
+        t = {name: timing.median for name, timing in time_calls(fns, repeats).items()}
         ratio, best = t["replay"] / t["full"], t["ideal"] / t["full"]
         rows.append(
             {
@@ -90,7 +74,7 @@ def prefix_reuse(handle, tokens: torch.Tensor, repeats: int = 5) -> dict:
 
 def bench_replay(handle, windows, batch_size: int = 4, repeats: int = 5, **_: object) -> dict:
     """All three parts of the replay benchmark in one run."""
-    from workbench.kernels.benchmark import sparse_mlp_benchmark, triton_benchmark
+    from workbench.bench.kernels import sparse_mlp_benchmark, triton_benchmark
 
     tokens = windows.tokens[:batch_size]
     body = {"model": handle.name, **prefix_reuse(handle, tokens, repeats)}
