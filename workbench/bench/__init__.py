@@ -5,7 +5,8 @@ One module per benchmark, registered by name for `workbench bench NAME`:
 - `capture`: plain forward vs TransformerLens `run_with_cache` vs workbench capture to a store;
 - `essential`: a pruning sweep's cost over (its evaluations × one evaluation pass);
 - `transcoder`: the workbench's transcoder training against EleutherAI sparsify's;
-- `replay`: prefix reuse, the sparse MLP on the CPU (`kernels`) and the Triton kernels (`gpu_kernels`).
+- `replay`: prefix reuse, the sparse MLP on the CPU (`kernels`) and the Triton kernels (`gpu_kernels`);
+- `widgets`: the edit explorer's update latency after a control moves, against a plain forward.
 
 `timing` is the one timing helper all of them use. Importing this package imports no benchmark: each
 module loads when its benchmark runs.
@@ -35,3 +36,4 @@ BENCHMARKS.register("capture", _lazy("capture", "bench_capture"))
 BENCHMARKS.register("essential", _lazy("essential", "bench_essential"))
 BENCHMARKS.register("transcoder", _lazy("transcoder", "bench_transcoder"))
 BENCHMARKS.register("replay", _lazy("replay", "bench_replay"))
+BENCHMARKS.register("widgets", _lazy("widgets", "bench_widgets"))

@@ -14,7 +14,7 @@ TOKENS = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("which", help="which benchmark: capture, essential, transcoder, replay")
+    parser.add_argument("which", help="which benchmark: capture, essential, transcoder, replay, widgets")
     g = parser.add_argument_group("transcoder benchmark")
     g.add_argument(
         "--train-tokens",

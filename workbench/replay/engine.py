@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +18,10 @@ from workbench.replay.caches import ReplayCache
 from workbench.replay.edits import Edit
 from workbench.replay.plan import Plan, compile_plan
 from workbench.replay.stack import Stack, run_mlp
+
+
+class ReplayAbandoned(Exception):
+    """A replay stopped between layers because its caller no longer wants it (a newer widget state)."""
 
 
 @dataclass
@@ -38,11 +43,23 @@ class Replayed:
     seconds: float  # recomputing layers >= first_layer and the logits
 
 
-def run_layers(stack: Stack, x: torch.Tensor, start: int, plan: Plan | None, rope) -> list[torch.Tensor]:
-    """Blocks start..n-1 from residual x, under the plan's overrides; returns the residuals after each."""
+def run_layers(
+    stack: Stack,
+    x: torch.Tensor,
+    start: int,
+    plan: Plan | None,
+    rope,
+    cancelled: Callable[[], bool] | None = None,
+) -> list[torch.Tensor]:
+    """Blocks start..n-1 from residual x, under the plan's overrides; returns the residuals after each.
+
+    `cancelled` is asked before each block; when it says yes, ReplayAbandoned is raised (live widgets).
+    """
     layers = stack.layers if plan is None else plan.layers
     out = []
     for i in range(start, stack.n_layers):
+        if cancelled is not None and cancelled():
+            raise ReplayAbandoned(f"abandoned before layer {i}")
         layer = layers[i]
         attn = plan.attn[i] if plan is not None and i in plan.attn else layer.attn
         if attn is not None:
@@ -111,14 +128,18 @@ class ReplayEngine:
     def compile(self, edits: list[Edit]) -> Plan:
         return compile_plan(self.handle, self.stack, list(edits), self.cache)
 
-    def replay(self, edits: list[Edit] | Plan) -> Replayed:
-        """The batch under the edits, recomputing only layers >= the first edited one."""
+    def replay(self, edits: list[Edit] | Plan, cancelled: Callable[[], bool] | None = None) -> Replayed:
+        """The batch under the edits, recomputing only layers >= the first edited one.
+
+        `cancelled` (asked between layers) lets a caller abandon a replay whose inputs changed.
+        """
         plan = edits if isinstance(edits, Plan) else self.compile(edits)
         start = time.perf_counter()
         with torch.inference_mode():
             first = min(plan.first_layer, self.stack.n_layers)  # no edits: nothing to recompute
             x = self.base.resid[first]
-            after = run_layers(self.stack, x, first, plan, self.stack.rope(self.tokens.shape[1]))
+            rope = self.stack.rope(self.tokens.shape[1])
+            after = run_layers(self.stack, x, first, plan, rope, cancelled)
             logits = self.stack.logits(after[-1]) if after else self.base.logits
         seconds = time.perf_counter() - start
         trace = Trace([*self.base.resid[: first + 1], *after], logits)

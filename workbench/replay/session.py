@@ -11,6 +11,7 @@ pays the weight gathering once.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,6 +114,7 @@ class ReplaySession:
         self.engine = ReplayEngine(handle, tokens, stack, cache)
         self.data = data or {"tokens": int(self.engine.tokens.numel())}
         self._base_continuations: dict[tuple[int, int], torch.Tensor] = {}  # (row, n) -> tokens
+        self._token_texts: dict[int, str] = {}
 
     @classmethod
     def from_text(
@@ -137,19 +139,38 @@ class ReplaySession:
             plan = plans.put(key, self.engine.compile(parsed))
         return parsed, plan
 
-    def apply(self, edits: Any, chosen: list[int] | None = None) -> ReplayResult:
-        """The edits' effect on this batch: replays from the first edited layer."""
+    def apply(
+        self,
+        edits: Any,
+        chosen: list[int] | None = None,
+        cancelled: Callable[[], bool] | None = None,
+        top_k: int = 0,
+    ) -> ReplayResult:
+        """The edits' effect on this batch: replays from the first edited layer.
+
+        `cancelled`, asked between layers, abandons the replay (ReplayAbandoned) when it returns True.
+        `top_k` > 0 adds each first-row token's k most likely next tokens, base and edited, to per_token
+        (`top_base`, `top_edited`: [token, probability] pairs).
+        """
         parsed, plan = self.plan(edits)
-        replayed = self.engine.replay(plan)
+        replayed = self.engine.replay(plan, cancelled)
         fx = effects(self.engine, replayed, chosen)
         summary = fx.summary()
-        decode = self.handle.tokenizer.decode
         first_row = self.engine.tokens[0].tolist()
         ce_delta = (fx.ce_edited[0].double() - fx.ce_base[0].double()).tolist() + [None]
         per_token = [
-            {"position": i, "token": decode([t]), "ce_delta": ce_delta[i], "kl": float(fx.kl[0, i])}
+            {"position": i, "token": self.token_text(t), "ce_delta": ce_delta[i], "kl": float(fx.kl[0, i])}
             for i, t in enumerate(first_row)
         ]
+        if top_k > 0:
+            edited = torch.softmax(replayed.trace.logits[0].float(), dim=-1)
+            for row, base, new in zip(
+                per_token,
+                self._top(self.engine.base_logprobs[0].exp(), top_k),
+                self._top(edited, top_k),
+                strict=True,
+            ):
+                row["top_base"], row["top_edited"] = base, new
         provenance = Provenance(
             model=self.handle.facts.to_dict(),
             data=self.data,
@@ -178,6 +199,21 @@ class ReplaySession:
             provenance=provenance,
             logit_diff=summary.get("logit_diff"),
         )
+
+    def token_text(self, token: int) -> str:
+        """One token decoded on its own (memoised: widgets decode the same ids again and again)."""
+        text = self._token_texts.get(token)
+        if text is None:
+            text = self._token_texts[token] = self.handle.tokenizer.decode([token])
+        return text
+
+    def _top(self, probs: torch.Tensor, k: int) -> list[list[list]]:
+        """[T, V] probabilities -> per position the k most likely [token text, probability] pairs."""
+        values, ids = probs.topk(k, dim=-1)
+        return [
+            [[self.token_text(t), round(p, 5)] for t, p in zip(row_ids, row_p, strict=True)]
+            for row_ids, row_p in zip(ids.tolist(), values.tolist(), strict=True)
+        ]
 
     def generate(self, edits: Any, n_tokens: int, row: int = 0) -> dict[str, Any]:
         """Greedy continuation of sequence `row` under the edits, beside the unedited one."""
