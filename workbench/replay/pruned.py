@@ -111,9 +111,12 @@ def pruned_layers(
         nm = parse_nm(edit.pattern)
         for matrix, keep in zip(*prune_masks(handle, edit, cache), strict=True):
             name = matrix.name.split("[")[0]
-            if name not in overrides:
-                overrides[name] = stack.params[name].clone()
-            overrides[name][matrix.index].masked_fill_(~keep, 0.0)
+            if name not in overrides and len(matrix.index) == 0:  # one pass: where(), not clone + fill
+                overrides[name] = torch.where(keep, stack.params[name], 0.0)
+            else:
+                if name not in overrides:
+                    overrides[name] = stack.params[name].clone()
+                overrides[name][matrix.index].masked_fill_(~keep, 0.0)
             touched.add(matrix.layer)
             if len(matrix.index) == 0:  # a whole 2-D matrix (not one expert of a fused tensor)
                 for short in STACK_NAMES[matrix.kind]:
