@@ -14,7 +14,14 @@ one source, in this order:
    and says to give `--calibration`.
 
 The source and the rule that chose it are written into the windows' `slice_info`
-(`calibration_source`, `calibration_rule`), which every result's provenance carries.
+(`calibration_source`, `calibration_rule`), which every result's provenance carries. A core given no
+source applies the same rule to the windows it measures (`source_of`).
+
+Each core draws its own windows from the source, with the seed it states: `wanda_calibration`
+(essential/wanda.py), `sparsity_calibration` (sparsity/thresholds.py) and `moefy_calibration`
+(experts/moefication.py) with seed + 1, `finercut_calibration` (replay/finercut.py) and sparsity's
+`train` inputs with the seed. Transcoder training reads its text through `calibration_windows` too, from
+`training_source` (the train split by default, or the --corpus split or --text files named).
 """
 
 from __future__ import annotations
@@ -106,10 +113,34 @@ def calibration_source(
     return CalibrationSource(corpus=chosen, rule=rule, warning=warning)
 
 
+def source_of(windows: TokenWindows, purpose: str = "calibration") -> CalibrationSource:
+    """The source for an analysis of `windows` given none: the rule above, applied to the corpus split or
+    the text files the windows were cut from (text files refuse, as `--text` without `--calibration` does)."""
+    info = windows.slice_info
+    corpus = f"{info['corpus']}:{info['split']}" if info.get("corpus") and info.get("split") else None
+    return calibration_source(corpus, info.get("text_files"), None, purpose)
+
+
+def training_source(corpus: str | None = None, text: list[str] | None = None) -> CalibrationSource:
+    """The text a model is trained on (transcoders): `text` files, else `corpus` NAME:SPLIT as named, else
+    NAME's train split (pydocs:train without a corpus). The measured text is allowed: training reports on
+    other windows."""
+    if text:
+        return CalibrationSource(text=tuple(str(t) for t in text), rule="--text")
+    if corpus and ":" in corpus:
+        return CalibrationSource(corpus=corpus, rule=f"--corpus {corpus}")
+    rule = f"the {TRAIN_SPLIT} split of --corpus {corpus}" if corpus else "the default corpus's train split"
+    return CalibrationSource(corpus=train_split_of(corpus), rule=rule)
+
+
 def calibration_windows(
     handle: Any, source: CalibrationSource, context: int, n_tokens: int | None, seed: int
 ) -> TokenWindows:
-    """`n_tokens` of the source in whole `context` windows, chosen with `seed`; the source in slice_info."""
+    """`n_tokens` of the source in whole `context` windows, chosen with `seed`; the source in slice_info.
+
+    The one way calibration and training windows are made: `n_tokens` None takes every window, in one
+    seeded order that mixes documents and domains.
+    """
     windows = windows_for(
         handle,
         corpus=source.corpus,

@@ -94,10 +94,10 @@ def routing_results(
     """A mixture-of-experts model's report has a routing section (every label); a dense model's has none."""
     if not handle.facts.moe:
         return []
-    from workbench.experts.labels import LABELS
-    from workbench.experts.specialization import run_experts
+    from workbench.experts.defaults import LABELS
+    from workbench.experts.specialization import ExpertsSettings, run_experts
 
-    return [run_experts(handle, windows, list(LABELS), batch_size, seed)]
+    return [run_experts(handle, windows, ExpertsSettings(labels=LABELS, batch_size=batch_size, seed=seed))]
 
 
 def make_report(

@@ -9,7 +9,8 @@ import torch
 
 from workbench.cli import main
 from workbench.corpus import load_corpus, make_windows
-from workbench.essential import explain, knee, sweep
+from workbench.essential.result import explain, knee
+from workbench.essential.run import EssentialSettings, sweep
 from workbench.models import load_model
 
 
@@ -17,7 +18,8 @@ def test_sweep_restores_weights_and_finds_s_star(checkpoints):
     handle = load_model(str(checkpoints["llama"]), progress=False)
     windows = make_windows(load_corpus()[:3], handle.tokenizer, 16, handle.separator_token_id).select(64)
     before = {k: v.clone() for k, v in handle.model.original_model.state_dict().items()}
-    result = sweep(handle, windows, "global", "magnitude", tolerance=0.01, refine=2, progress=False)
+    settings = EssentialSettings(pattern="global", criterion="magnitude", tolerance=0.01, refine=2)
+    result = sweep(handle, windows, settings, progress=False)
     after = handle.model.original_model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # bitwise restored
     dense = result.curve[0]["loss"]
@@ -40,7 +42,7 @@ def test_knee_is_the_largest_second_difference():
 def test_nm_sweep_has_two_levels(checkpoints):
     handle = load_model(str(checkpoints["gpt2"]), progress=False)
     windows = make_windows(load_corpus()[:3], handle.tokenizer, 16, handle.separator_token_id).select(32)
-    result = sweep(handle, windows, "2:4", "magnitude", progress=False)
+    result = sweep(handle, windows, EssentialSettings(pattern="2:4", criterion="magnitude"), progress=False)
     assert [p["sparsity"] for p in result.curve] == [0.0, 0.5]
 
 

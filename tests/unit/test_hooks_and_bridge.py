@@ -139,21 +139,6 @@ def test_only_models_reads_the_bridges_internals():
     assert not offenders, f"use ModelHandle.hf_model / hf_parameters() or models.bridge.unwrap: {offenders}"
 
 
-def test_replay_core_does_not_import_essential_sparsity():
-    offenders = []
-    for path, tree in sources().items():
-        if not path.startswith("workbench/replay/"):
-            continue
-        for node in ast.walk(tree):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-            offenders += [f"{path}:{node.lineno}" for n in names if n == "workbench.essential"]
-    assert not offenders
-
-
 def test_one_dtype_table():
     tables = [
         f"{path}:{node.lineno}"

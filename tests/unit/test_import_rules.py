@@ -1,5 +1,6 @@
 """Who may import what, read from the source: nothing imports the CLI, nothing below imports the commands,
-probes import no analysis, kernels nothing of the workbench, the store no model code.
+probes import no analysis, kernels nothing of the workbench, the store no model code, the replay core
+nothing of essential sparsity but the pruning plan, and nothing but the widgets benchmark the widgets.
 
 `workbench.cli` is the registry of commands and `main`: only the console-script entry point
 (pyproject.toml) and the tests import it. The command modules under `workbench/commands/` adapt flags to
@@ -117,9 +118,7 @@ def test_the_entry_point_is_the_cli():
 
 ANALYSES = (
     "workbench.sparsity",
-    "workbench.sparsity_result",
     "workbench.essential",
-    "workbench.pruning",
     "workbench.neurons",
     "workbench.evaluate",
     "workbench.experts",
@@ -159,3 +158,29 @@ def test_kernels_import_nothing_of_the_workbench_but_themselves():
 def test_the_store_imports_no_model_code():
     """A store is tensors and metadata on disk; reading one must not load model code."""
     assert offenders("workbench/store", MODEL_CODE) == []
+
+
+def test_the_replay_core_imports_of_essential_sparsity_only_the_pruning_plan():
+    """Replay prunes weights with the pruning plan (`workbench.essential.pruning`); the sweep, its result,
+    Wanda's norms and the package's lazy names (`essential.run`, `.result`, `.wanda`) stay out of it."""
+    allowed = "workbench.essential.pruning"
+    bad = [
+        line
+        for line in offenders("workbench/replay", ("workbench.essential",))
+        if not within(line.split(" imports ")[1], allowed)
+    ]
+    assert bad == [], f"the replay core may import only {allowed} of essential sparsity: {bad}"
+
+
+def test_only_the_widgets_benchmark_imports_the_widgets():
+    """The widgets are the top of the stack (ipywidgets, anywidget): cores, probes, kernels, results and
+    commands never import them, so that a script or the CLI runs without a notebook front end. The one
+    exception is `workbench/bench/widgets.py`, which drives the widgets' Python side to time them."""
+    offenders = [
+        f"{path}:{line} imports {target}"
+        for path, (name, tree) in modules().items()
+        if not within(name, "workbench.widgets") and name != "workbench.bench.widgets"
+        for line, target in imported(name, tree)
+        if within(target, "workbench.widgets")
+    ]
+    assert not offenders, f"only workbench/bench/widgets.py may import the widgets: {offenders}"

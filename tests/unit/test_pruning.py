@@ -8,8 +8,8 @@ from transformers import AutoModelForCausalLM
 
 from conftest import KINDS
 from workbench.errors import WorkbenchError
+from workbench.essential.pruning import PrunableMatrix, PruningPlan, prunable_matrices, pruned, scores
 from workbench.models import load_model
-from workbench.pruning import PrunableMatrix, PruningPlan, prunable_matrices, pruned, scores
 
 LEVELS = (0.0, 0.1, 0.55, 0.9, 1.0)
 

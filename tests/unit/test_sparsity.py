@@ -11,7 +11,9 @@ from workbench.errors import WorkbenchError
 from workbench.models import load_model
 from workbench.neurons import neuron_hooks, output_weights
 from workbench.probes.capture import ActivationProbe, MemorySink, capture
-from workbench.sparsity import Definition, cett_ratio, measure
+from workbench.sparsity.definitions import Definition
+from workbench.sparsity.density import measure
+from workbench.sparsity.thresholds import cett_ratio
 
 
 def _windows(handle, n=4, context=16):

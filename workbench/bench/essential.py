@@ -12,14 +12,15 @@ def bench_essential(handle, windows, batch_size: int = 4, progress: bool = False
 
     One evaluation pass is the fastest of `repeats` after a warm-up; the sweep runs once.
     """
-    from workbench.essential import sweep
+    from workbench.essential.run import EssentialSettings, sweep
     from workbench.evaluate import evaluate
 
     one_eval = time_calls(
         {"evaluate": lambda: evaluate(handle, windows, batch_size=batch_size, progress=False)}, repeats
     )["evaluate"].best
+    settings = EssentialSettings(pattern="global", criterion="magnitude", batch_size=batch_size)
     with stopwatch() as watch:
-        result = sweep(handle, windows, "global", "magnitude", batch_size=batch_size, progress=progress)
+        result = sweep(handle, windows, settings, progress=progress)
     evaluations = result.timing["evaluations"]
     return {
         "model": handle.name,

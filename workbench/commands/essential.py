@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from workbench import essential_defaults as defaults
 from workbench.commands.flags import (
     WINDOWS,
     calibration_flag,
@@ -14,6 +13,7 @@ from workbench.commands.flags import (
     record,
     sparsity_levels,
 )
+from workbench.essential import defaults
 
 TOKENS = f"{WINDOWS}; every sparsity level is evaluated on the same windows"
 
@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--criterion",
         default=defaults.CRITERION,
-        choices=["magnitude", "random", "wanda"],
+        choices=list(defaults.CRITERIA),
         help="what is pruned first: the smallest |W|, a seeded random order, or the smallest |W| x ||X|| "
         "(Wanda: input norms over --calibration-tokens of the train split); "
         "docs/methods.md, 'Essential sparsity'",
@@ -62,26 +62,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     from workbench.calibration import calibration_source
-    from workbench.essential import sweep
+    from workbench.essential.run import EssentialSettings, sweep
 
+    settings = EssentialSettings(
+        pattern=args.pattern,
+        criterion=args.criterion,
+        **({"levels": args.levels} if args.levels else {}),
+        tolerance=args.tolerance,
+        refine=args.refine,
+        calibration_tokens=args.calibration_tokens,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
     source = None
     if args.criterion == "wanda":  # resolved (or refused) before any run folder is made
         source = calibration_source(args.corpus, args.text, args.calibration, "wanda's input norms")
     with optional_run(args, "essential") as folder:
         handle, windows = load_inputs(args)
-        result = sweep(
-            handle,
-            windows,
-            args.pattern,
-            args.criterion,
-            **({"levels": args.levels} if args.levels else {}),
-            tolerance=args.tolerance,
-            refine=args.refine,
-            calibration=source,
-            calibration_tokens=args.calibration_tokens,
-            batch_size=args.batch_size,
-            seed=args.seed,
-        )
+        result = sweep(handle, windows, settings, calibration=source)
         record(args, folder, [result])
     if not args.json:
         print(result.table().to_string(index=False))

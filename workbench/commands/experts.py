@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 
 from workbench.commands.flags import load_inputs, optional_run, record
+from workbench.experts import defaults
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--labels",
-        default="domain,token_class,position,token",
+        default=",".join(defaults.LABELS),
         help="comma list of domain, token_class, position, token (the last gives top tokens per expert)",
     )
     parser.add_argument(
@@ -28,14 +29,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     from workbench.experts.causal import masking_table
-    from workbench.experts.specialization import run_experts
+    from workbench.experts.specialization import ExpertsSettings, run_experts
 
-    labels = [x for x in args.labels.split(",") if x]
+    labels = tuple(x for x in args.labels.split(",") if x)
+    settings = ExpertsSettings(
+        labels=labels, baseline=args.baseline, batch_size=args.batch_size, seed=args.seed
+    )
     with optional_run(args, "experts") as folder:
         handle, windows = load_inputs(args)
-        result = run_experts(
-            handle, windows, labels, batch_size=args.batch_size, seed=args.seed, baseline=args.baseline
-        )
+        result = run_experts(handle, windows, settings)
         results = [result]
         if args.mask:
             results.append(

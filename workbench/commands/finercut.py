@@ -34,13 +34,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from workbench.calibration import calibration_source, calibration_windows
-    from workbench.replay.finercut import greedy_removal
+    from workbench.calibration import calibration_source
+    from workbench.replay.finercut import finercut_calibration, greedy_removal
 
     source = calibration_source(args.corpus, args.text, args.calibration, "finercut's removal choices")
     with optional_run(args, "finercut") as folder:
         handle, windows = load_inputs(args)
-        calibration = calibration_windows(handle, source, args.context, args.calibration_tokens, args.seed)
+        calibration = finercut_calibration(handle, source, args.context, args.calibration_tokens, args.seed)
         data = {"heldout": windows.slice_info, "calibration": calibration.slice_info}
         result = greedy_removal(
             handle,

@@ -134,10 +134,21 @@ def default_model(progress: bool = True) -> str:
 
 def load_inputs(args: argparse.Namespace):
     """The model handle and token windows that the common flags describe."""
-    from workbench.corpus import windows_for
+    handle = load_handle(args)
+    return handle, text_windows(args, handle)
+
+
+def load_handle(args: argparse.Namespace):
+    """The model that --model and --device name (the default model when --model is left out)."""
     from workbench.models import load_model
 
-    handle = load_model(args.model or default_model(progress=True), device=args.device)
+    return load_model(args.model or default_model(progress=True), device=args.device)
+
+
+def text_windows(args: argparse.Namespace, handle):
+    """The token windows of the text that --corpus or --text, --tokens, --context and --seed describe."""
+    from workbench.corpus import windows_for
+
     windows = windows_for(
         handle, corpus=args.corpus, text=args.text, context=args.context, n_tokens=args.tokens, seed=args.seed
     )
@@ -145,7 +156,7 @@ def load_inputs(args: argparse.Namespace):
         print(
             f"note: the text holds {windows.n_tokens} tokens of windows; using all of them.", file=sys.stderr
         )
-    return handle, windows
+    return windows
 
 
 def optional_run(args: argparse.Namespace, label: str):

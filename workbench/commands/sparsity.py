@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from workbench.commands.flags import calibration_flag, default_model, optional_run, positive_int, record
+from workbench.commands.flags import (
+    calibration_flag,
+    load_handle,
+    optional_run,
+    positive_int,
+    record,
+    text_windows,
+)
+from workbench.sparsity import defaults
 
 TOKENS = (
     "N tokens for each input kind, rounded up to whole --context windows: windows of the text (heldout) or "
@@ -21,43 +29,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--inputs",
-        default="heldout",
+        default=",".join(defaults.INPUTS),
         help="comma list of heldout (the text), train (the --calibration source: the train split of "
         "--corpus by default), random (uniformly random token ids)",
     )
     parser.add_argument(
         "--calibration-tokens",
         type=positive_int,
-        default=2048,
+        default=defaults.CALIBRATION_TOKENS,
         help="train-split tokens for magnitude@P and cett@R thresholds (rounded up to whole windows)",
     )
     calibration_flag(parser, "the thresholds of magnitude@P and cett@R, and --inputs train")
 
 
 def run(args: argparse.Namespace) -> dict:
-    from workbench.calibration import calibration_source
-    from workbench.models import load_model
-    from workbench.sparsity import Definition
-    from workbench.sparsity_result import run_sparsity
+    from workbench.sparsity.run import SparsitySettings, run_sparsity, sparsity_inputs, sparsity_source
 
-    calibrated = args.definition and Definition.parse(args.definition).needs_calibration
-    if calibrated or "train" in args.inputs.split(","):  # refused here, before any run folder is made
-        calibration_source(args.corpus, args.text, args.calibration, "sparsity's calibration")
+    settings = SparsitySettings(
+        definition=args.definition,
+        inputs=tuple(args.inputs.split(",")),
+        calibration_tokens=args.calibration_tokens,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
+    # resolved (or refused) here, before any run folder is made
+    source = sparsity_source(settings, args.corpus, args.text, args.calibration)
     with optional_run(args, "sparsity") as folder:
-        handle = load_model(args.model or default_model(progress=True), device=args.device)
-        result = run_sparsity(
-            handle,
-            args.definition,
-            args.inputs.split(","),
-            args.tokens,
-            args.context,
-            args.batch_size,
-            args.seed,
-            corpus=args.corpus,
-            text=args.text,
-            calibration_tokens=args.calibration_tokens,
-            calibration_data=args.calibration,
+        handle = load_handle(args)
+        heldout = text_windows(args, handle) if "heldout" in settings.inputs else None
+        windows = sparsity_inputs(
+            handle, settings, heldout=heldout, source=source, n_tokens=args.tokens, context=args.context
         )
+        result = run_sparsity(handle, windows, settings, calibration=source)
         record(args, folder, [result])
     if not args.json:
         print(result.table().to_string(index=False))

@@ -32,23 +32,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--layer", type=int, help="MLP layer (default: n_layers // 2)")
     g.add_argument(
         "--arch",
-        default="topk",
+        default=defaults.ARCH,
         choices=["topk", "relu"],
         help="topk keeps the --k largest features per token; relu trains with an L1 penalty (--l1)",
     )
     g.add_argument(
         "--width", type=positive_int, help=f"features (default: {defaults.WIDTH_PER_D_MODEL} × d_model)"
     )
-    g.add_argument("--k", type=positive_int, default=32, help="topk: features kept per token")
+    g.add_argument("--k", type=positive_int, default=defaults.K, help="topk: features kept per token")
     g.add_argument("--l1", type=float, help="relu: L1 coefficient λ (default 3e-3, see the loss in train.py)")
     g.add_argument("--skip", action="store_true", help="add a linear skip connection x W_skipᵀ")
     g.add_argument("--store", type=Path, help="train from this paired capture store instead of the model")
-    g.add_argument("--batch-tokens", type=positive_int, default=1024, help="tokens per optimiser step")
+    g.add_argument(
+        "--batch-tokens", type=positive_int, default=defaults.BATCH_TOKENS, help="tokens per optimiser step"
+    )
     g.add_argument("--lr", type=float, help="learning rate (default: 2e-4/sqrt(width/2^14) topk, 4e-4 relu)")
     g.add_argument(
         "--dead-tokens",
         type=positive_int,
-        default=500_000,
+        default=defaults.DEAD_TOKENS,
         help="a feature is dead after this many tokens without firing (or 1/40 of a shorter run)",
     )
     g.add_argument(
@@ -57,7 +59,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="for dead features: auxk, an auxiliary loss on the top dead features (topk only); resample, "
         "re-initialise them (relu only); or none (default: auxk for topk, resample for relu)",
     )
-    g.add_argument("--checkpoint-every", type=positive_int, default=200, help="steps between checkpoints")
+    g.add_argument(
+        "--checkpoint-every",
+        type=positive_int,
+        default=defaults.CHECKPOINT_EVERY,
+        help="steps between checkpoints",
+    )
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     e = parser.add_argument_group("eval")
     e.add_argument(
@@ -68,7 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _train(args: argparse.Namespace) -> dict:
     from workbench.models import load_model
     from workbench.runs import RunFolder
-    from workbench.transcoders.run import tokens_note, train_transcoder, training_windows
+    from workbench.transcoders.run import TranscoderSettings, tokens_note, train_transcoder, training_windows
     from workbench.transcoders.train import TrainConfig
 
     if args.out is None:
@@ -91,17 +98,20 @@ def _train(args: argparse.Namespace) -> dict:
         note = tokens_note(train.tokens, train.batch_size)
         if note:  # said before training starts, and recorded in the result's provenance
             print(f"note: {note}.", file=sys.stderr)
-        _, training = train_transcoder(
-            handle,
-            windows,
-            run.path,
-            args.layer,
+        settings = TranscoderSettings(
+            layer=args.layer,
             arch=args.arch,
             width=args.width,
             k=args.k,
             l1=args.l1,
             skip=args.skip,
             train=train,
+        )
+        _, training = train_transcoder(
+            handle,
+            windows,
+            settings,
+            out=run.path,
             store=args.store,
             resume=args.resume,
             windows_per_forward=args.batch_size,

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 import torch
 
 from workbench.errors import WorkbenchError
+from workbench.experts.defaults import LABELS
 
 TOKEN_CLASSES = ("letters", "digits", "punctuation", "whitespace", "mixed", "special")
 POSITION_EDGES = (1, 4, 16, 64, 256)  # buckets [0], [1, 4), [4, 16), [16, 64), [64, 256), [256, ∞)
-LABELS = ("domain", "token_class", "position", "token")
 
 
 def token_class(text: str, special: bool = False) -> str:

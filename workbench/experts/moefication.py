@@ -21,11 +21,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from workbench.calibration import CalibrationSource, calibration_windows, source_of
 from workbench.corpus import TokenWindows
 from workbench.errors import WorkbenchError
+from workbench.experts import defaults
 from workbench.experts.labels import Labeller
 from workbench.experts.partition import (
-    METHODS,
     coactivation_groups,
     group_capacities,
     kmeans_groups,
@@ -34,6 +35,7 @@ from workbench.experts.partition import (
 from workbench.experts.routing_stats import RoutingStats
 from workbench.models import ModelHandle
 from workbench.results import Provenance, Result, register_result
+from workbench.settings import Settings
 
 ACTIVATIONS = {
     "relu": torch.relu,
@@ -342,30 +344,62 @@ DEFINITION = (
 )
 
 
+@dataclass(frozen=True, kw_only=True)
+class MoefySettings(Settings):
+    """How the MLPs are split and routed; the defaults come from `experts/defaults.py`."""
+
+    experts: int  # groups (experts) per MLP
+    k: int = defaults.MOEFY_K  # groups kept per token for the routing statistics
+    method: str = defaults.MOEFY_METHOD  # kmeans, coactivation or random (the chance baseline)
+    labels: tuple[str, ...] = defaults.MOEFY_LABELS
+    train_tokens: int = defaults.MOEFY_TRAIN_TOKENS  # router-training tokens, when no windows are given
+    batch_size: int = 8
+    seed: int = 0  # partition, routers; the router-training windows use seed + 1 (`moefy_calibration`)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "labels", tuple(self.labels))
+
+
+def moefy_calibration(
+    handle: ModelHandle, source: CalibrationSource, context: int, n_tokens: int, seed: int
+) -> TokenWindows:
+    """The routers' training windows: `n_tokens` of `source` in whole `context` windows, chosen with
+    seed + 1 (so that they never coincide with a selection of the measured text made with the seed)."""
+    return calibration_windows(handle, source, context, n_tokens, seed=seed + 1)
+
+
 def run_moefy(
     handle: ModelHandle,
     windows: TokenWindows,
-    train_windows: TokenWindows,
-    n_groups: int,
-    k: int = 2,
-    method: str = "kmeans",
-    labels: tuple[str, ...] = ("domain", "token_class", "position"),
-    batch_size: int = 8,
-    seed: int = 0,
+    settings: MoefySettings,
+    *,
+    calibration: CalibrationSource | TokenWindows | None = None,
     progress: bool = True,
 ) -> MoefyResult:
-    """Partition every layer's MLP, train routers on `train_windows`, measure on `windows`."""
+    """Partition every layer's MLP, train routers on calibration windows, measure on `windows`.
+
+    `calibration`: the routers' training windows as they are, or a `CalibrationSource` of which
+    `settings.train_tokens` are drawn with seed + 1 (`moefy_calibration`); by default the train split of
+    `windows`' corpus (`workbench.calibration`).
+    """
     from workbench.neurons import neuron_hooks
     from workbench.probes.capture import ActivationProbe, ReducerSink, capture
 
-    if method not in METHODS:
-        raise WorkbenchError(f"Unknown MoEfication method {method!r}; use one of {', '.join(METHODS)}.")
+    n_groups, k, method, seed = settings.experts, settings.k, settings.method, settings.seed
+    labels, batch_size = settings.labels, settings.batch_size
+    if method not in defaults.MOEFY_METHODS:
+        methods = ", ".join(defaults.MOEFY_METHODS)
+        raise WorkbenchError(f"Unknown MoEfication method {method!r}; use one of {methods}.")
     layers = [h.layer for h in neuron_hooks(handle)]  # refuses MoE models with a clear message
     d_mlp = handle.facts.d_mlp
     if not 2 <= n_groups <= d_mlp:
         raise WorkbenchError(f"--experts must be between 2 and d_mlp = {d_mlp}, got {n_groups}.")
     if not 1 <= k <= n_groups:
         raise WorkbenchError(f"--k must be between 1 and --experts = {n_groups}, got {k}.")
+    train_windows = calibration
+    if not isinstance(calibration, TokenWindows):
+        source = calibration or source_of(windows, "moefy's routers")
+        train_windows = moefy_calibration(handle, source, windows.context, settings.train_tokens, seed)
     labels_of = partition_layers(handle, layers, n_groups, method, train_windows, batch_size, seed, progress)
     memberships = {layer: F.one_hot(g.long(), n_groups).float() for layer, g in labels_of.items()}
     names = [name for layer in layers for name in hook_names(layer)]

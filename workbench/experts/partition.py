@@ -17,8 +17,6 @@ import torch
 
 from workbench.models import ModelHandle
 
-METHODS = ("kmeans", "coactivation", "random")
-
 
 def group_capacities(n: int, n_groups: int) -> np.ndarray:
     return np.array([n // n_groups + (g < n % n_groups) for g in range(n_groups)])

@@ -15,10 +15,12 @@ import torch
 
 from workbench.corpus import TokenWindows
 from workbench.errors import WorkbenchError
+from workbench.experts import defaults
 from workbench.experts.labels import Labeller
 from workbench.experts.routing_stats import RoutingStats, RoutingStatsReducer
 from workbench.models import ModelHandle, load_model
 from workbench.results import Provenance, Result, register_result
+from workbench.settings import Settings
 
 DEFINITION = (
     "load f_e = share of tokens whose top-k holds e (sums to k); load_cv = std/mean of f "
@@ -178,19 +180,31 @@ class ExpertsResult(Result):
         return charts
 
 
+@dataclass(frozen=True, kw_only=True)
+class ExpertsSettings(Settings):
+    """What `run_experts` measures; the defaults come from `experts/defaults.py`."""
+
+    labels: tuple[str, ...] = defaults.LABELS  # domain, token_class, position, token
+    baseline: bool = False  # also measure a randomly initialised copy of the architecture, seeded with seed
+    batch_size: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "labels", tuple(self.labels))
+
+
 def run_experts(
     handle: ModelHandle,
     windows: TokenWindows,
-    labels: list[str],
-    batch_size: int = 8,
-    seed: int = 0,
-    baseline: bool = False,
+    settings: ExpertsSettings = ExpertsSettings(),
+    *,
     progress: bool = True,
 ) -> ExpertsResult:
     """Routing statistics of every MoE layer over `windows`; with `baseline`, also of a random-init copy."""
+    labels, batch_size, seed = list(settings.labels), settings.batch_size, settings.seed
     layers, _ = routing_summary(handle, windows, labels, batch_size, progress)
     base_what, base_layers = None, []
-    if baseline:
+    if settings.baseline:
         copy = randomly_initialised(handle, seed)
         full, _ = routing_summary(copy, windows, labels, batch_size, progress)
         base_what = f"randomly initialised copy of the architecture (seed {seed})"

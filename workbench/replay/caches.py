@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from workbench.replay.edits import Edit, WeightPrune
 
 if TYPE_CHECKING:
-    from workbench.pruning import PrunableMatrix, PruningPlan
+    from workbench.essential.pruning import PrunableMatrix, PruningPlan
     from workbench.replay.plan import Plan
 
 PLAN_CACHE = 16  # compiled edit lists without weight pruning kept per session

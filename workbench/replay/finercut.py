@@ -82,6 +82,14 @@ def heldout_loss(engine: ReplayEngine, heldout: torch.Tensor, plan, batch_size: 
     return total / count
 
 
+def finercut_calibration(handle: ModelHandle, source, context: int, n_tokens: int, seed: int):
+    """The windows on which each candidate's KL is measured: `n_tokens` of `source` (a CalibrationSource)
+    in whole `context` windows, chosen with the seed itself."""
+    from workbench.calibration import calibration_windows
+
+    return calibration_windows(handle, source, context, n_tokens, seed=seed)
+
+
 def greedy_removal(
     handle: ModelHandle,
     calibration: torch.Tensor,

@@ -13,10 +13,10 @@ from collections.abc import Iterator
 import torch
 
 from workbench.errors import WorkbenchError
+from workbench.essential.pruning import pruned
 from workbench.experts.masking import experts_masked
 from workbench.models import ModelHandle
 from workbench.models.hooks import hooks_attached
-from workbench.pruning import pruned
 from workbench.replay.edits import (
     Edit,
     ExpertMask,
@@ -109,6 +109,7 @@ def edits_applied(handle: ModelHandle, edits: list[Edit]) -> Iterator[None]:
                 transcoder = checked_transcoder(
                     load_any(edit.path), edit, handle.facts.d_model, handle.device
                 )
-                stack.enter_context(mlp_replaced(handle, edit.layer, transcoder_replacement(transcoder)))
+                replacement = transcoder_replacement(transcoder, edit.features)
+                stack.enter_context(mlp_replaced(handle, edit.layer, replacement))
         stack.enter_context(hooks_attached([(points[name], hook) for name, hook in hooks]))
         yield

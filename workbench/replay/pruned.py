@@ -1,5 +1,5 @@
-"""Weight-pruning edits in replay: keep-masks from `workbench.pruning.PruningPlan`, layers rebuilt from masked
-copies of their weights, and every pruned projection run through the masked-matmul kernels.
+"""Weight-pruning edits in replay: keep-masks from `workbench.essential.pruning.PruningPlan`, layers rebuilt
+from masked copies of their weights, and every pruned projection run through the masked-matmul kernels.
 
 Where the kernels dispatch to Triton (CUDA, or forced), a matrix pruned by one N:M edit (M a power of
 two) is stored compressed (`NMWeight`: the kernel reads only the kept weights) and any other pruned
@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from workbench.errors import WorkbenchError
+from workbench.essential.pruning import PrunableMatrix, PruningPlan, parse_nm, prunable_matrices, scores
 from workbench.kernels.activation import activation_fn
 from workbench.kernels.dispatch import use_triton
 from workbench.kernels.masked_matmul import (
@@ -28,12 +29,11 @@ from workbench.kernels.masked_matmul import (
 )
 from workbench.kernels.sparse_mlp import MlpParams
 from workbench.models import ModelHandle
-from workbench.pruning import PrunableMatrix, PruningPlan, parse_nm, prunable_matrices, scores
 from workbench.replay.caches import PruningOrderKey, ReplayCache
 from workbench.replay.edits import WeightPrune
 from workbench.replay.stack import Layer, Stack
 
-# Pruning kinds (workbench.pruning) -> the stack's projection names they cover.
+# Pruning kinds (workbench.essential.pruning) -> the stack's projection names they cover.
 STACK_NAMES = {
     "attn_q": ("q",),
     "attn_k": ("k",),

@@ -8,7 +8,7 @@ A training run folder holds `transcoder/` (workbench format), `saelens/` (SAE-Le
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import altair as alt
@@ -18,6 +18,8 @@ from workbench.corpus import TokenWindows
 from workbench.errors import WorkbenchError
 from workbench.models import ModelHandle
 from workbench.results import Provenance, Result, register_result
+from workbench.settings import Settings
+from workbench.transcoders import defaults
 from workbench.transcoders.data import mlp_hooks, model_pairs, store_pairs
 from workbench.transcoders.defaults import WIDTH_PER_D_MODEL, default_layer
 from workbench.transcoders.model import Transcoder, TranscoderConfig
@@ -79,14 +81,12 @@ def training_windows(
 ) -> TokenWindows:
     """Every window of the training text in one seeded order that mixes documents and domains.
 
-    The text: `text` files, else `corpus` NAME:SPLIT as named, else NAME's train split (pydocs:train).
+    The text (`workbench.calibration.training_source`): `text` files, else `corpus` NAME:SPLIT as named,
+    else NAME's train split (pydocs:train); read through `workbench.calibration.calibration_windows`.
     """
-    from workbench.calibration import train_split_of
-    from workbench.corpus import windows_for
+    from workbench.calibration import calibration_windows, training_source
 
-    if not text and not (corpus and ":" in corpus):
-        corpus = train_split_of(corpus)
-    return windows_for(handle, corpus=None if text else corpus, text=text, context=context, seed=seed)
+    return calibration_windows(handle, training_source(corpus, text), context, None, seed)
 
 
 def tokens_note(requested: int, batch_size: int) -> str | None:
@@ -105,45 +105,54 @@ def tokens_note(requested: int, batch_size: int) -> str | None:
     return f"trained {trained} tokens in {steps_text}, not {requested}: {requested} is {why}"
 
 
+@dataclass(frozen=True, kw_only=True)
+class TranscoderSettings(Settings):
+    """Which transcoder is trained, and how; the defaults come from `transcoders/defaults.py` and
+    `TrainConfig` (token budget, batch, learning rate, dead-feature remedy, seed)."""
+
+    layer: int | None = None  # None: the middle layer (`defaults.default_layer`)
+    arch: str = defaults.ARCH  # topk or relu
+    width: int | None = None  # None: WIDTH_PER_D_MODEL × d_model
+    k: int | None = defaults.K  # topk only
+    l1: float | None = None  # relu: the L1 coefficient λ (None: train.py's default)
+    skip: bool = False  # a linear skip connection x W_skipᵀ
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
 def train_transcoder(
     handle: ModelHandle,
     windows: TokenWindows | None,
+    settings: TranscoderSettings = TranscoderSettings(),
+    *,
     out: Path,
-    layer: int | None = None,
-    arch: str = "topk",
-    width: int | None = None,
-    k: int | None = 32,
-    l1: float | None = None,
-    skip: bool = False,
-    train: TrainConfig | None = None,
     store: Path | None = None,
     resume: bool = False,
     windows_per_forward: int = 8,
     progress: bool = True,
     on_start: Callable[[], None] | None = None,
 ) -> tuple[Transcoder, TranscoderTraining]:
-    """Train (or resume) a transcoder on `layer` of `handle`; weights land in `out`.
+    """Train (or resume) a transcoder on `settings.layer` of `handle`; weights land in `out`.
 
-    `layer` defaults to the middle one (`defaults.default_layer`), `width` to 32 × d_model and the token
-    budget to `TrainConfig.tokens` (`defaults.TRAIN_TOKENS`).
-
+    Training pairs come from `windows` (`training_windows`: every window of the train split) through the
+    model, or from a paired capture `store`; `windows_per_forward` windows go through the model at once.
     `on_start` is called once every check has passed, just before training (the run folder's begin).
     SIGINT/SIGTERM during training save a checkpoint and raise TrainingInterrupted (see train.py).
     """
+    arch, skip = settings.arch, settings.skip
     if handle.facts.moe:
         raise WorkbenchError(f"{handle.name} routes its MLPs to experts; transcoders need a dense MLP layer.")
-    layer = default_layer(handle.facts.n_layers) if layer is None else layer
+    layer = default_layer(handle.facts.n_layers) if settings.layer is None else settings.layer
     if not 0 <= layer < handle.facts.n_layers:
         raise WorkbenchError(f"--layer must be in 0..{handle.facts.n_layers - 1}, got {layer}.")
-    train = train or TrainConfig()
+    train = settings.train
     hook_in, hook_out = mlp_hooks(layer)
     cfg = TranscoderConfig(
         d_in=handle.facts.d_model,
         d_out=handle.facts.d_model,
-        width=width or WIDTH_PER_D_MODEL * handle.facts.d_model,
+        width=settings.width or WIDTH_PER_D_MODEL * handle.facts.d_model,
         arch=arch,
-        k=k if arch == "topk" else None,
-        l1=l1,
+        k=settings.k if arch == "topk" else None,
+        l1=settings.l1,
         skip=skip,
         model=handle.name,
         layer=layer,

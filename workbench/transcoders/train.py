@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from workbench.errors import WorkbenchError
 from workbench.transcoders.data import Batch
-from workbench.transcoders.defaults import TRAIN_TOKENS
+from workbench.transcoders.defaults import BATCH_TOKENS, CHECKPOINT_EVERY, DEAD_TOKENS, TRAIN_TOKENS
 from workbench.transcoders.model import Transcoder, TranscoderConfig, TranscoderOutput
 
 CHECKPOINT = "checkpoint"
@@ -42,16 +42,16 @@ LOG_EVERY = 20
 @dataclass
 class TrainConfig:
     tokens: int = TRAIN_TOKENS
-    batch_size: int = 1024
+    batch_size: int = BATCH_TOKENS
     lr: float | None = None  # default: 2e-4 / sqrt(width / 2^14) for topk (sparsify's rule), 4e-4 for relu
     warmup_steps: int = 50
     decay_fraction: float = 0.2  # linear decay to zero over the last fifth of the steps
-    dead_tokens: int = 500_000
+    dead_tokens: int = DEAD_TOKENS
     remedy: str | None = None  # auxk (topk default), resample (relu default) or none
     auxk_alpha: float = 1 / 32
     auxk_fraction: float = 0.25  # share of each batch's tokens the AuxK loss looks at (ours, for speed)
     resample_every: int = 500
-    checkpoint_every: int = 200
+    checkpoint_every: int = CHECKPOINT_EVERY
     seed: int = 0
 
     def learning_rate(self, tc: TranscoderConfig) -> float:

@@ -1,10 +1,11 @@
-"""The defaults of the essential-sparsity sweep (`workbench.essential.sweep`), stated once.
+"""The defaults of the essential-sparsity sweep (`workbench.essential.run.EssentialSettings`), stated once.
 
 Torch-free, so that the `essential` command reads its help text from here without importing the core.
 """
 
 from __future__ import annotations
 
+CRITERIA = ("magnitude", "random", "wanda")  # what is pruned first (workbench.essential.pruning.scores)
 LEVELS = tuple(round(0.1 * i, 1) for i in range(10))  # 0, 0.1, ..., 0.9
 CRITERION = "magnitude"
 PATTERN = "global"  # one ranking over every prunable matrix

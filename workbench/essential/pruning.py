@@ -20,8 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from workbench.errors import WorkbenchError
-
-CRITERIA = ("magnitude", "random", "wanda")
+from workbench.essential.defaults import CRITERIA
 
 # Leaf module name (or, for fused 3-D expert tensors, parameter name) -> kind.
 _KINDS = {
@@ -103,7 +102,8 @@ def prunable_matrices(handle) -> list[PrunableMatrix]:
     if unknown:
         raise WorkbenchError(
             f"pruning does not know what these block parameters are: {unknown[:5]}; "
-            "add their module names to _KINDS (or to _ROUTERS to leave them dense) in workbench/pruning.py"
+            "add their module names to _KINDS (or to _ROUTERS to leave them dense) in "
+            "workbench/essential/pruning.py"
         )
     if not out:
         raise WorkbenchError(f"found no prunable attention/MLP matrices in {type(handle.hf_model).__name__}")
