@@ -3,7 +3,9 @@
 A window's pattern is [head, query, key]; it is kept as one row per query token, [head, key], so
 that the store stays token-indexed. Where a model's fast attention never materialises the pattern
 (`hook_pattern` does not fire), it is recomputed from the captured queries and keys:
-softmax(q·kᵀ · scale + causal mask), with grouped key heads repeated.
+softmax(q·kᵀ · scale + causal mask), with grouped key heads repeated. The query and key hooks give
+[batch, pos, head, d_head], [batch, head, pos, d_head] (TransformerBridge's rotary hooks) or
+[batch, pos, head · d_head] (fused projections); `per_head` brings each to the first.
 """
 
 from __future__ import annotations
@@ -32,6 +34,23 @@ def pattern_from_qk(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Ten
     return scores.masked_fill(future, float("-inf")).softmax(-1)
 
 
+def per_head(t: torch.Tensor, pos: int, n_heads: int, heads_first: bool) -> torch.Tensor:
+    """Queries or keys as [batch, pos, head, d_head]. `heads_first` says how a 4-d tensor whose head and
+    position sizes are equal is laid out (the bridge's rotary hooks put heads first)."""
+    if t.dim() == 3 and t.shape[1] == pos:
+        return t.unflatten(-1, (n_heads, -1))
+    if t.dim() == 4:
+        by_head, by_pos = tuple(t.shape[1:3]) == (n_heads, pos), tuple(t.shape[1:3]) == (pos, n_heads)
+        if by_head and (heads_first or not by_pos):
+            return t.transpose(1, 2)
+        if by_pos:
+            return t
+    raise WorkbenchError(
+        f"Cannot read {n_heads} heads over {pos} positions from a query/key of shape {tuple(t.shape)}; "
+        "the attention pattern of this model cannot be recomputed."
+    )
+
+
 def summarise(pattern: torch.Tensor) -> torch.Tensor:
     """[batch, head, query, key] → [batch, query, head, 3]: entropy (nats), weight on key 0, max weight."""
     entropy = -(pattern * pattern.clamp_min(1e-30).log()).sum(-1)
@@ -47,13 +66,22 @@ class AttentionProbe:
     dtype: str = "float32"
     _layers: list[int] = field(default_factory=list, init=False)
     _recompute: set[int] = field(default_factory=set, init=False)
+    _qk_names: dict[tuple[int, str], str] = field(default_factory=dict, init=False)
+    _n_heads: dict[str, int] = field(default_factory=dict, init=False)  # query and key heads
     _seen: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict, init=False)
+
+    @property
+    def recomputed(self) -> list[int]:
+        """Layers whose pattern is recomputed from queries and keys (hook_pattern never fired); known once
+        `fields` has run."""
+        return sorted(self._recompute)
 
     def field_name(self, layer: int) -> str:
         return f"attention.blocks.{layer}.{'summary' if self.summaries_only else 'pattern'}"
 
     def _check(self, handle: ModelHandle) -> None:
         n_layers, n_heads = handle.facts.n_layers, handle.facts.n_heads
+        self._n_heads = {"q": n_heads, "k": handle.facts.n_kv_heads or n_heads}
         self._layers = list(range(n_layers)) if self.layers is None else list(self.layers)
         bad = [x for x in self._layers if not 0 <= x < n_layers]
         bad_heads = [h for h in self.heads or [] if not 0 <= h < n_heads]
@@ -87,6 +115,7 @@ class AttentionProbe:
                     if kind != "pattern"
                     else f"blocks.{layer}.attn.hook_pattern"
                 )
+                self._qk_names[(layer, kind)] = name
                 pairs.append((handle.hook_points[name], self._store_hook(layer, kind)))
         return pairs
 
@@ -100,7 +129,15 @@ class AttentionProbe:
         out = {}
         for layer in self._layers:
             if layer in self._recompute:
-                q, k = self._seen.pop((layer, "q")), self._seen.pop((layer, "k"))
+                q, k = (
+                    per_head(
+                        self._seen.pop((layer, kind)),
+                        pos,
+                        self._n_heads[kind],
+                        heads_first=".hook_rot_" in self._qk_names[(layer, kind)],
+                    )
+                    for kind in ("q", "k")
+                )
                 pattern = pattern_from_qk(q, k, 1 / math.sqrt(q.shape[-1]))
             else:
                 pattern = self._seen.pop((layer, "pattern")).float()  # [b, h, q, k]

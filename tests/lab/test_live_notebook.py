@@ -145,7 +145,7 @@ def test_live_notebook_in_jupyterlab(lab, browser, artifacts):
     page.route("**/*", guard)
     page.goto(f"{url}/lab/tree/{NOTEBOOK}?token={token}")
     page.locator(".jp-Notebook").first.wait_for(timeout=120_000)
-    page.get_by_text("Idle", exact=False).first.wait_for(timeout=120_000)  # the kernel is up
+    page.get_by_text("Kernel status: Idle").first.wait_for(state="attached", timeout=120_000)
     page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
     page.locator('[data-command="runmenu:run-all"]').first.click()
 

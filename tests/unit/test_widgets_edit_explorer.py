@@ -102,6 +102,30 @@ def test_edits_set_from_code_drive_the_controls(explorer, handle):
     assert json.loads(explorer.edits_json.value) == [e.to_dict() for e in explorer.edits]
 
 
+def test_edits_no_control_can_draw_survive_a_round_trip(explorer, handle, tmp_path):
+    """A prune narrowed to some layers or matrices, and a splice that scales features, are not what the
+    slider and the splice checkbox describe: they are kept whole as extra edits, not flattened."""
+    import torch
+
+    from workbench.replay.edits import TranscoderSplice
+    from workbench.transcoders.model import Transcoder, TranscoderConfig
+    from workbench.transcoders.train import save_transcoder
+
+    d = handle.facts.d_model
+    tc = Transcoder(TranscoderConfig(d_in=d, d_out=d, width=32, arch="topk", k=4, layer=1), seed=0)
+    with torch.no_grad():
+        tc.W_enc.mul_(20.0)
+    save_transcoder(tc, tmp_path / "transcoder")
+    edits = [
+        WeightPrune(0.4, "layerwise", layer_list=(1, 2), matrices=("mlp_in",)),
+        TranscoderSplice(1, str(tmp_path), features=((3, 0.0), (5, 2.0))),
+    ]
+    explorer.edits = edits
+    assert explorer.edits == edits
+    assert explorer.prune_level.value == 0.0 and not explorer.splice.value
+    same_as_apply(explorer, handle)
+
+
 def test_result_can_be_set(explorer, handle):
     other = ReplaySession.from_text(handle, TEXT).apply([SublayerSkip(1, "attn")])
     explorer.result = other

@@ -195,10 +195,10 @@ class SublayerSkip(Edit):
 @EDIT_KINDS.decorator("weight_prune")
 @dataclass(frozen=True)
 class WeightPrune(Edit):
-    """One-shot weight pruning (`workbench.pruning`): pattern global/layerwise/rowwise/N:M at `sparsity`.
+    """One-shot weight pruning (`workbench.essential.pruning`): global/layerwise/rowwise/N:M at `sparsity`.
 
     `layers` and `matrices` (kinds such as mlp_in, mlp_gate, mlp_out, attn_q, attn_k, attn_v, attn_qkv,
-    attn_o) narrow the reference scope of `workbench.pruning`; None means all of it.
+    attn_o) narrow the reference scope of `workbench.essential.pruning`; None means all of it.
     """
 
     kind: ClassVar[str] = "weight_prune"
@@ -236,15 +236,48 @@ class WeightPrune(Edit):
 @EDIT_KINDS.decorator("transcoder")
 @dataclass(frozen=True)
 class TranscoderSplice(Edit):
-    """Replace layer `layer`'s MLP output by the reconstruction of a transcoder (`workbench.transcoders`)."""
+    """Replace layer `layer`'s MLP output by the reconstruction of a transcoder (`workbench.transcoders`).
+
+    `features` (feature index, scale) pairs multiply those features' activations z_i by the scale before
+    decoding (0 ablates a feature); None (the default, left out of the JSON) splices the plain ŷ.
+    """
 
     kind: ClassVar[str] = "transcoder"
     layer: int
     path: str  # a training run folder, a workbench transcoder folder or an SAE-Lens folder
+    features: tuple[tuple[int, float], ...] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "path", str(self.path))
+        if self.features is not None:
+            object.__setattr__(self, "features", _feature_scales(self.features))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {"kind": self.kind, "layer": self.layer, "path": self.path}
+        if self.features is not None:  # unused: the JSON stays what it was before the field existed
+            data["features"] = [[i, s] for i, s in self.features]
+        return data
+
+
+def _feature_scales(pairs: Any) -> tuple[tuple[int, float], ...] | None:
+    """(feature, scale) pairs, sorted by feature; each feature once; None when there are none."""
+    what = "transcoder: features"
+    if isinstance(pairs, dict):
+        pairs = list(pairs.items())
+    if isinstance(pairs, str | bytes) or not hasattr(pairs, "__iter__"):
+        raise WorkbenchError(f"{what} must be a list of [feature, scale] pairs, got {pairs!r}")
+    out: dict[int, float] = {}
+    for pair in pairs:
+        if isinstance(pair, str | bytes) or not hasattr(pair, "__len__") or len(pair) != 2:
+            raise WorkbenchError(f"{what} must be a list of [feature, scale] pairs, got {pair!r}")
+        feature = _int(pair[0], f"{what}: feature index")
+        if feature < 0:
+            raise WorkbenchError(f"{what}: feature indices are >= 0, got {feature}")
+        if feature in out:
+            raise WorkbenchError(f"{what}: feature {feature} is given twice; give each feature once")
+        out[feature] = _number(pair[1], f"{what}: scale of feature {feature}", -math.inf)
+    return tuple(sorted(out.items())) or None
 
 
 def edit_from_dict(data: dict[str, Any]) -> Edit:

@@ -164,11 +164,18 @@ def checked_transcoder(transcoder, edit: TranscoderSplice, d_model: int, device)
             f"transcoder: {edit.path} was trained on layer {cfg.layer}'s MLP, not layer {edit.layer}'s; "
             f"splice it at layer {cfg.layer}"
         )
+    bad = [i for i, _ in edit.features or () if i >= cfg.width]
+    if bad:
+        raise WorkbenchError(
+            f"transcoder: {edit.path} has features 0..{cfg.width - 1}, not {bad[:5]}; "
+            "give feature indices below its width"
+        )
     return transcoder.eval().to(device)
 
 
 def _transcoder(edit: TranscoderSplice, cache, d_model: int, device) -> Sublayer:
     from workbench.transcoders.run import load_any
+    from workbench.transcoders.splice import reconstruction
 
     key = TranscoderKey(edit.path, edit.layer)
     transcoder = None if cache is None else cache.transcoders.get(key)
@@ -176,9 +183,12 @@ def _transcoder(edit: TranscoderSplice, cache, d_model: int, device) -> Sublayer
         transcoder = checked_transcoder(load_any(edit.path), edit, d_model, device)
         if cache is not None:
             cache.transcoders.put(key, transcoder)
+    else:
+        checked_transcoder(transcoder, edit, d_model, device)  # feature indices of this edit
+    features = edit.features
 
     def run(h: torch.Tensor) -> torch.Tensor:
-        return transcoder(h.float()).y_hat.to(h.dtype)
+        return reconstruction(transcoder, h.float(), features).to(h.dtype)
 
     return run
 

@@ -127,7 +127,7 @@ def feature_table(
     bar = tqdm(total=windows.n_tokens, unit="tok", desc="feature statistics", disable=not progress)
     for batch in windows.batches(batch_size):
         x, _ = mlp_pairs_of(handle, tc.cfg.layer, batch.tokens)
-        reducer.update(tc.features(x), done)
+        reducer.update(tc.features(x).cpu(), done)  # the reducer's tensors live on the CPU
         done += batch.tokens.numel()
         bar.update(batch.tokens.numel())
     bar.close()

@@ -167,7 +167,8 @@ class Transcoder(nn.Module):
         """Feature activations as a dense [T, width] tensor."""
         if encoded.indices is None:
             return encoded.values
-        out = torch.zeros(encoded.values.shape[0], self.width, dtype=encoded.values.dtype)
+        values = encoded.values
+        out = torch.zeros(values.shape[0], self.width, dtype=values.dtype, device=values.device)
         return out.scatter_(1, encoded.indices, encoded.values)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

@@ -223,12 +223,16 @@ class EditExplorer(W.VBox):
             self._experts = {(e.layer, x) for e in masks for x in e.experts}
             if masks:
                 self.expert_mode.value = masks[0].mode
-            prunes = [e for e in parsed if isinstance(e, WeightPrune)]
+            # Only what the controls can draw maps onto them: a prune of the whole scope, a plain splice.
+            # A narrowed prune (layers, matrices) or a splice that scales features stays an extra edit.
+            prunes = [
+                e for e in parsed if isinstance(e, WeightPrune) and e.layer_list is None and e.matrices is None
+            ]
             self.prune_level.value = prunes[0].sparsity if prunes else 0.0
             if prunes:
                 self.prune_pattern.value = prunes[0].pattern
                 self.prune_criterion.value = prunes[0].criterion
-            splices = [e for e in parsed if isinstance(e, TranscoderSplice)]
+            splices = [e for e in parsed if isinstance(e, TranscoderSplice) and e.features is None]
             self.splice.value = bool(splices)
             if splices:
                 self.splice_path.value, self.splice_layer.value = splices[0].path, splices[0].layer
