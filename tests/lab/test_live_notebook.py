@@ -54,6 +54,9 @@ def artifacts() -> Path:
 def lab(tmp_path_factory, artifacts):
     """`jupyter lab` on a free port with a token, its settings and workspaces in a temporary folder."""
     home = tmp_path_factory.mktemp("lab")
+    root = tmp_path_factory.mktemp("lab-root")  # Lab autosaves: run a copy, never the repository's file
+    (root / "notebooks").mkdir()
+    shutil.copy(ROOT / NOTEBOOK, root / NOTEBOOK)
     settings = home / "settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True)
     (settings / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false"}))
@@ -68,12 +71,12 @@ def lab(tmp_path_factory, artifacts):
         f"--port={port}",
         "--ip=127.0.0.1",
         f"--IdentityProvider.token={token}",
-        f"--ServerApp.root_dir={ROOT}",
+        f"--ServerApp.root_dir={root}",
         f"--LabApp.user_settings_dir={home / 'settings'}",
         f"--LabApp.workspaces_dir={home / 'workspaces'}",
     ]
     log = open(artifacts / "jupyter-lab.log", "w")  # noqa: SIM115 - open for the server's lifetime
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=root)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while True:
@@ -143,9 +146,17 @@ def test_live_notebook_in_jupyterlab(lab, browser, artifacts):
             route.abort()
 
     page.route("**/*", guard)
+    channels = []  # the kernel's websocket: Lab shows "idle" before a kernel is connected, too
+    page.on("websocket", lambda ws: channels.append(ws.url) if "/channels" in ws.url else None)
     page.goto(f"{url}/lab/tree/{NOTEBOOK}?token={token}")
     page.locator(".jp-Notebook").first.wait_for(timeout=120_000)
-    page.get_by_text("Kernel status: Idle").first.wait_for(state="attached", timeout=120_000)
+    deadline = time.monotonic() + 120
+    while not channels and time.monotonic() < deadline:
+        page.wait_for_timeout(250)
+    assert channels, "the notebook's kernel never connected"
+    page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]').first.wait_for(
+        state="attached", timeout=120_000
+    )
     page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
     page.locator('[data-command="runmenu:run-all"]').first.click()
 
