@@ -226,7 +226,9 @@ class EditExplorer(W.VBox):
             # Only what the controls can draw maps onto them: a prune of the whole scope, a plain splice.
             # A narrowed prune (layers, matrices) or a splice that scales features stays an extra edit.
             prunes = [
-                e for e in parsed if isinstance(e, WeightPrune) and e.layer_list is None and e.matrices is None
+                e
+                for e in parsed
+                if isinstance(e, WeightPrune) and e.layer_list is None and e.matrices is None
             ]
             self.prune_level.value = prunes[0].sparsity if prunes else 0.0
             if prunes:
