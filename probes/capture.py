@@ -14,7 +14,6 @@ import contextlib
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from workbench.corpus import TokenWindows
 from workbench.errors import WorkbenchError
@@ -24,6 +23,7 @@ from workbench.probes.attention import AttentionProbe
 from workbench.probes.base import ForwardDone, attached
 from workbench.probes.routing import RoutingProbe, moe_layers
 from workbench.probes.sinks import MemorySink, Reducer, ReducerSink, Sink, StoreSink
+from workbench.progress import Bar
 
 __all__ = [
     "ActivationProbe",
@@ -77,7 +77,7 @@ def capture(
         raise WorkbenchError(
             f"The store holds {done} tokens, not a whole number of {windows.context}-token windows."
         )
-    bar = tqdm(total=total, initial=done, unit="tok", desc=f"capture {handle.name}", disable=not progress)
+    bar = Bar(total, initial=done, unit="tokens", desc=f"capture {handle.name}", show=progress)
     try:
         with attached(handle, probes, stop_when_done=stop_early), torch.inference_mode():
             batches = (

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 import altair as alt
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from workbench.corpus import TokenWindows
 from workbench.models import ModelHandle
+from workbench.progress import Bar
 from workbench.results import Provenance, Result, register_result
 
 LOSS_BIN_WIDTH = 0.5  # nats; per-token loss histogram bins are [0, 0.5), [0.5, 1), ...
@@ -130,7 +130,7 @@ def evaluate(
     correct = torch.zeros(n_dom, dtype=torch.long)
     count = torch.zeros(n_dom, dtype=torch.long)
     hist = torch.zeros(n_dom, LOSS_BINS, dtype=torch.long)
-    bar = tqdm(total=windows.n_tokens, unit="tok", desc=f"evaluate {handle.name}", disable=not progress)
+    bar = Bar(windows.n_tokens, unit="tokens", desc=f"evaluate {handle.name}", show=progress)
     for batch in windows.batches(batch_size):
         logits = handle.logits(batch.tokens)[:, :-1].float()
         targets = batch.tokens[:, 1:].to(logits.device)

@@ -8,6 +8,10 @@ process is gone or whose heartbeat is stale as "interrupted" (killed, out of mem
 
 A command refused before it starts leaves the folder as it found it: an existing run folder is only
 rewritten once the command calls `begin()` (after its own checks) or saves.
+
+Inside its `with` block, a run folder listens to the progress bars of whatever runs there
+(`workbench.progress`) and keeps progress.json up to date (`workbench.progress_file`); the file stays
+with the final state when the run ends.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from workbench.errors import WorkbenchError
+from workbench.progress import listening
+from workbench.progress_file import PROGRESS, ProgressFile
 from workbench.results import Result, result_from_dict
 
 FORMAT = "workbench-run/1"
@@ -130,6 +136,8 @@ class RunFolder:
     _saved: bool = field(default=False, init=False, repr=False)
     _heartbeat: _Heartbeat | None = field(default=None, init=False, repr=False)
     _lock: Any = field(default=None, init=False, repr=False)  # closes the folder lock when called
+    _progress: ProgressFile | None = field(default=None, init=False, repr=False)  # inside `with` only
+    _listening: contextlib.ExitStack | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def create(cls, out: str | Path | None, label: str, command: str) -> RunFolder:
@@ -175,6 +183,10 @@ class RunFolder:
         if self._begun:
             return
         self._begun = True
+        with contextlib.suppress(FileNotFoundError):  # a previous run's progress is not this one's
+            (self.path / PROGRESS).unlink()
+        if self._progress is not None:
+            self._progress.begin()
         self._heartbeat = _Heartbeat(self.path, heartbeat_interval())
         weakref.finalize(self, self._heartbeat.stop, False)  # a forgotten RunFolder stops beating
         write_json(self.path / MANIFEST, self._manifest("running", []))
@@ -202,7 +214,10 @@ class RunFolder:
                 {"kind": r.kind, "title": r.title, "definition": r.provenance.definition}  # type: ignore[attr-defined]
                 for r in results
             ],
-            "files": sorted([MANIFEST, "results.json", *(files or [])]),
+            "files": sorted(
+                [MANIFEST, "results.json", *(files or [])]
+                + ([PROGRESS] if (self.path / PROGRESS).is_file() else [])
+            ),
         }
 
     def _finish(self, manifest: dict) -> None:
@@ -224,7 +239,17 @@ class RunFolder:
             self._heartbeat.stop()
         self._release()
 
+    def _end_progress(self, complete: bool) -> None:
+        """Write progress.json's final state (done == total for a complete run); later bars are not heard."""
+        if self._progress is not None:
+            self._progress.finish(complete)
+
     def __enter__(self) -> RunFolder:
+        """Listen to the progress bars of the block (progress.json, once the run has begun)."""
+        if self._listening is None:
+            self._progress = ProgressFile(self.path / PROGRESS, write_json, writing=self._begun)
+            self._listening = contextlib.ExitStack()
+            self._listening.enter_context(listening(self._progress))
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -232,20 +257,29 @@ class RunFolder:
 
         A command refused before it began leaves an existing folder exactly as it was.
         """
-        if not self._begun or (exc is None and self._saved):
-            self._release()
-            return
-        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-        manifest = self._manifest(status, [])
-        manifest["error"] = (
-            f"{type(exc).__name__}: {exc}" if exc is not None else "the command ended without saving results"
-        )
-        self._finish(manifest)
+        try:
+            if not self._begun or (exc is None and self._saved):
+                self._release()
+                return
+            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            self._end_progress(complete=False)  # progress.json keeps where the run stopped
+            manifest = self._manifest(status, [])
+            manifest["error"] = (
+                f"{type(exc).__name__}: {exc}"
+                if exc is not None
+                else "the command ended without saving results"
+            )
+            self._finish(manifest)
+        finally:
+            if self._listening is not None:
+                self._listening.close()
+                self._listening = None
 
     def save(self, results: list[Result], files: list[str] | None = None, main: Result | None = None) -> None:
         """Write results.json, then mark the manifest complete; `main` (default: the last) is the run's."""
         self.begin()
         write_json(self.path / "results.json", {"format": FORMAT, "results": [r.to_dict() for r in results]})
+        self._end_progress(complete=True)
         self._finish(self._manifest("complete", results, files, main))
         self._saved = True
 

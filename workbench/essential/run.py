@@ -18,6 +18,7 @@ from workbench.essential.pruning import PruningPlan, prunable_matrices, pruned, 
 from workbench.essential.result import EssentialResult, explain, knee
 from workbench.essential.wanda import wanda_calibration, wanda_norms
 from workbench.evaluate import evaluate
+from workbench.progress import Bar
 from workbench.results import Provenance
 from workbench.settings import Settings
 
@@ -73,6 +74,10 @@ def sweep(
     setup_seconds = time.perf_counter() - t0
     eval_seconds = 0.0
     results: dict[float, dict] = {}
+    # the levels evaluated so far, for progress.json only (each evaluation draws its own terminal bar);
+    # the total is an upper bound until the bisection ends: every grid level, then `refine` steps
+    refine = max(0, settings.refine) if plan.fixed_sparsity is None else 0
+    bar = Bar(len({0.0, *levels}) + refine, unit="levels", desc="essential sweep", show=False)
 
     def at(level: float) -> dict:
         nonlocal eval_seconds
@@ -81,6 +86,7 @@ def sweep(
             with pruned(matrices, plan.masks(level)):
                 r = evaluate(handle, windows, batch_size=batch_size, progress=progress)
             eval_seconds += time.perf_counter() - t
+            bar.update(1)
             results[level] = {
                 "sparsity": level,
                 "loss": r.loss,
@@ -103,6 +109,8 @@ def sweep(
             mid = round((low + high) / 2, 6)
             low, high = (mid, high) if at(mid)["loss"] <= limit else (low, mid)
         best = low
+    bar.set_total(len(results))
+    bar.close()
     curve = [results[s] for s in sorted(results)]
     provenance = Provenance(
         model=handle.facts.to_dict(),

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 import altair as alt
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from workbench.corpus import TokenWindows
 from workbench.experts.masking import ExpertMask, check_masks
 from workbench.models import ModelHandle
 from workbench.probes.routing import moe_layers
+from workbench.progress import Bar
 from workbench.replay.caches import ReplayCache
 from workbench.replay.effects import next_token_loss
 from workbench.replay.engine import ReplayEngine
@@ -115,7 +115,7 @@ def masking_table(
     base = _DomainLosses(n_domains)
     masked = [_DomainLosses(n_domains) for _ in pairs]
     total = len(pairs) * windows.n_windows
-    bar = tqdm(total=total, unit="window", desc=f"mask experts ({mode})", disable=not progress)
+    bar = Bar(total, unit="windows", desc=f"mask experts ({mode})", show=progress)
     for batch in windows.batches(batch_size):
         engine = ReplayEngine(handle, batch.tokens, stack, cache)
         domain = batch.domain[:, 1:].long().flatten()

@@ -19,7 +19,6 @@ import altair as alt
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from workbench.calibration import CalibrationSource, calibration_windows, source_of
 from workbench.corpus import TokenWindows
@@ -34,6 +33,7 @@ from workbench.experts.partition import (
 )
 from workbench.experts.routing_stats import RoutingStats
 from workbench.models import ModelHandle
+from workbench.progress import tracked
 from workbench.results import Provenance, Result, register_result
 from workbench.settings import Settings
 
@@ -406,7 +406,7 @@ def run_moefy(
     data = RouterDataReducer(memberships)
     capture(handle, train_windows, [ActivationProbe(names)], ReducerSink([data]), batch_size, progress)
     routers = {}
-    for layer in tqdm(layers, desc="train routers", disable=not progress):
+    for layer in tracked(layers, unit="layers", bar_unit="it", desc="train routers", show=progress):
         routers[layer] = train_router(torch.cat(data.inputs[layer]), torch.cat(data.scores[layer]), seed=seed)
     del data
     weights = {layer: MlpWeights.of(handle, layer) for layer in layers}

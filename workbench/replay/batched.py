@@ -9,10 +9,10 @@ from __future__ import annotations
 import time
 
 import torch
-from tqdm.auto import tqdm
 
 from workbench.corpus import TokenWindows
 from workbench.models import ModelHandle
+from workbench.progress import Bar
 from workbench.replay.defaults import PROMPT_TOKENS
 from workbench.replay.edits import Edit
 from workbench.replay.session import ReplayResult, ReplaySession, merged
@@ -37,10 +37,13 @@ def replay_in_batches(
     of the first window's first `prompt_tokens` tokens, and the seconds it took.
     """
     results, first = [], None
-    for batch in tqdm(windows.tokens.split(batch_size), desc="replay", disable=not progress):
+    bar = Bar(windows.n_tokens, unit="tokens", desc="replay", show=progress)
+    for batch in windows.tokens.split(batch_size):
         session = ReplaySession(handle, batch, windows.slice_info, engine_of=first, backend=backend)
         first = first or session
         results.append(session.apply(edits, logit_tokens))
+        bar.update(batch.numel())
+    bar.close()
     result = merged(results)
     if generate:
         ids = (

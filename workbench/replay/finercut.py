@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import altair as alt
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from workbench.errors import WorkbenchError
 from workbench.models import ModelHandle
+from workbench.progress import Bar
 from workbench.replay.edits import SublayerSkip
 from workbench.replay.effects import kl_per_token, next_token_loss
 from workbench.replay.engine import ReplayEngine, run_layers
@@ -110,7 +110,7 @@ def greedy_removal(
     removed: list[SublayerSkip] = []
     steps = []
     n_steps = int(max_share * len(remaining) + 1e-9)
-    bar = tqdm(total=n_steps, desc=f"FinerCut {handle.name}", disable=not progress)
+    bar = Bar(n_steps, unit="steps", bar_unit="it", desc=f"FinerCut {handle.name}", show=progress)
     with torch.inference_mode():
         current = calib.base
         for step in range(1, n_steps + 1):

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 import altair as alt
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from workbench.corpus import TokenWindows
 from workbench.errors import WorkbenchError
 from workbench.models import ModelHandle
+from workbench.progress import Bar
 from workbench.results import Provenance, Result, register_result
 from workbench.transcoders.model import Transcoder
 from workbench.transcoders.splice import mlp_replaced, transcoder_replacement, zero_replacement
@@ -190,7 +190,7 @@ def evaluate_transcoder(
         seen["x"], seen["y"] = x.float(), y.float()
         return y
 
-    bar = tqdm(total=windows.n_tokens, unit="tok", desc=f"evaluate transcoder L{layer}", disable=not progress)
+    bar = Bar(windows.n_tokens, unit="tokens", desc=f"evaluate transcoder L{layer}", show=progress)
     for batch in windows.batches(batch_size):
         tokens = batch.tokens
         with mlp_replaced(handle, layer, keep):

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 import altair as alt
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from workbench.corpus import TokenWindows
 from workbench.models import ModelHandle
+from workbench.progress import Bar
 from workbench.results import Provenance, Result, register_result
 from workbench.transcoders.data import mlp_pairs_of
 from workbench.transcoders.model import Transcoder
@@ -124,7 +124,7 @@ def feature_table(
 ) -> FeatureTable:
     reducer = FeatureReducer(tc.width, top_n)
     done = 0
-    bar = tqdm(total=windows.n_tokens, unit="tok", desc="feature statistics", disable=not progress)
+    bar = Bar(windows.n_tokens, unit="tokens", desc="feature statistics", show=progress)
     for batch in windows.batches(batch_size):
         x, _ = mlp_pairs_of(handle, tc.cfg.layer, batch.tokens)
         reducer.update(tc.features(x).cpu(), done)  # the reducer's tensors live on the CPU

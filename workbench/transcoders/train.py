@@ -28,9 +28,9 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from workbench.errors import WorkbenchError
+from workbench.progress import Bar
 from workbench.transcoders.data import Batch
 from workbench.transcoders.defaults import BATCH_TOKENS, CHECKPOINT_EVERY, DEAD_TOKENS, TRAIN_TOKENS
 from workbench.transcoders.model import Transcoder, TranscoderConfig, TranscoderOutput
@@ -262,13 +262,9 @@ class Trainer:
 
     def run(self, batches: Iterator[Batch], progress: bool = True) -> TrainState:
         cfg = self.cfg
-        bar = tqdm(
-            total=cfg.steps,
-            initial=self.state.step,
-            unit="step",
-            desc="train transcoder",
-            disable=not progress,
-        )
+        bar = Bar(cfg.steps, initial=self.state.step, unit="steps", desc="train transcoder", show=progress)
+        for logged in self.state.curve:  # a resumed run's curve so far (logged every LOG_EVERY steps)
+            bar.point(logged["tokens"], logged["loss"])
         start = time.perf_counter() - self.state.seconds
         stop: list[int] = []  # SIGINT/SIGTERM are noted here; the loop then saves a checkpoint and stops
         previous = note_stop_signals(stop)
@@ -278,6 +274,7 @@ class Trainer:
                     self.interrupted(stop[0])
                 self.step(next(batches))
                 self.state.seconds = time.perf_counter() - start
+                bar.point(self.state.tokens, self.state.last_loss)  # progress.json's curve (thinned)
                 bar.update(1)
                 if self.state.step % LOG_EVERY == 0 or self.state.step == cfg.steps:
                     self.state.curve.append(
