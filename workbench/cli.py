@@ -4,7 +4,8 @@ Each command lives in its own module under `workbench/commands/` with `add_argum
 `run(args) -> dict` (and, when it reads --tokens N in its own way, `TOKENS`, the help of --tokens); the
 flags every analysis command shares are in `workbench.commands.flags`. Command modules import nothing heavy
 at module level, so that building the parser (`workbench --help`) stays quick; their cores are imported
-when a command runs. Nothing imports this module but the console-script entry point and the tests.
+when a command runs. Nothing imports this module but the console-script entry point, its twin
+`python -m workbench` (`__main__.py`) and the tests.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import platform
 import warnings
 from dataclasses import dataclass, field
@@ -83,8 +84,37 @@ class Result:
         """Named Altair charts; an empty dict when the result is a record rather than a measurement."""
         return {}
 
+    def headline(self) -> dict[str, int | float | str]:
+        """The few figures that sum the result up in a table of runs (the Lab panel's runs list).
+
+        By default its top-level numbers and short words (`headline_figures`); a kind whose figures sit
+        deeper, or that has too many, overrides this. Not part of the JSON: reports and --json are unchanged.
+        """
+        return headline_figures(self.to_dict())
+
     def _repr_html_(self) -> str:
         return f"<h4>{self.title}</h4>" + self.table().to_html(index=False)
+
+
+HEADLINE_SKIP = ("kind", "provenance", "model")  # the run's row shows the model; provenance is not a figure
+HEADLINE_MAX_FIGURES = 8
+HEADLINE_MAX_TEXT = 40  # longer strings (notes, paths, commands) are prose, not figures
+
+
+def headline_figures(fields: dict[str, Any]) -> dict[str, int | float | str]:
+    """The first few top-level fields of a result's JSON that are finite numbers or short one-line words,
+    in their order (booleans, nulls, lists and nested objects are left out)."""
+    figures: dict[str, int | float | str] = {}
+    for name, value in fields.items():
+        if name in HEADLINE_SKIP or isinstance(value, bool):
+            continue
+        number = isinstance(value, (int, float)) and math.isfinite(value)
+        word = isinstance(value, str) and 0 < len(value) <= HEADLINE_MAX_TEXT and "\n" not in value
+        if number or word:
+            figures[name] = value
+        if len(figures) == HEADLINE_MAX_FIGURES:
+            break
+    return figures
 
 
 RESULT_KINDS: Registry[type[Result]] = Registry("result kind")
