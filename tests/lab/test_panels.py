@@ -24,7 +24,7 @@ import urllib.request
 
 import pytest
 
-from conftest import GuardedPage, jupyter_lab
+from lab_session import GuardedPage, jupyter_lab
 
 pytestmark = pytest.mark.browser
 

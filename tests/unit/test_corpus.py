@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from conftest import corpus_tokenizer
+from tiny_checkpoints import corpus_tokenizer
 from workbench.corpus import (
     Document,
     from_hf_dataset,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from conftest import KINDS
+from tiny_checkpoints import KINDS
 from workbench.corpus import load_corpus, make_windows
 from workbench.errors import WorkbenchError
 from workbench.models import load_model

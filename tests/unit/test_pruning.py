@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from conftest import KINDS
+from tiny_checkpoints import KINDS
 from workbench.errors import WorkbenchError
 from workbench.essential.pruning import PrunableMatrix, PruningPlan, prunable_matrices, pruned, scores
 from workbench.models import load_model

@@ -370,7 +370,7 @@ def test_llama_mlp_biases(tmp_path):
             elif name.endswith("gate_proj.bias"):
                 param.zero_()
     model.save_pretrained(tmp_path / "m")
-    from conftest import corpus_tokenizer
+    from tiny_checkpoints import corpus_tokenizer
 
     corpus_tokenizer().save_pretrained(tmp_path / "m")
     handle = load_model(str(tmp_path / "m"), device="cpu", progress=False)
