@@ -71,11 +71,11 @@ def test_cli_report_defaults_to_smollm2_once_cached(smollm2, tmp_path):
 
 def test_moefication_of_the_gated_mlps(smollm2):
     from workbench.corpus import windows_for
-    from workbench.experts.moefication import run_moefy
+    from workbench.experts.moefication import MoefySettings, run_moefy
 
     heldout = windows_for(smollm2, n_tokens=256, context=128, seed=0)
     train = windows_for(smollm2, corpus="pydocs:train", n_tokens=512, context=128, seed=1)
-    result = run_moefy(smollm2, heldout, train, 8, k=2, progress=False)
+    result = run_moefy(smollm2, heldout, MoefySettings(experts=8, k=2), calibration=train, progress=False)
     assert len(result.layers) == 30 and result.group_sizes == [192] * 8
     for layer in result.layers:
         mass = layer["captured_mass"]
