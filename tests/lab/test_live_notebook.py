@@ -8,107 +8,28 @@ $WORKBENCH_ARTIFACTS (default: .artifacts/ in the repository).
 
 from __future__ import annotations
 
-import json
-import os
-import secrets
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
+from lab_session import ROOT, GuardedPage, jupyter_lab
+
 pytestmark = pytest.mark.browser
 
-ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = "notebooks/07_live.ipynb"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 RUN_ALL_SECONDS = 900  # SmolLM2 loads and each widget computes its first state
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def artifacts() -> Path:
-    folder = Path(os.environ.get("WORKBENCH_ARTIFACTS", ROOT / ".artifacts"))
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory, artifacts):
-    """`jupyter lab` on a free port with a token, its settings and workspaces in a temporary folder."""
-    home = tmp_path_factory.mktemp("lab")
-    root = tmp_path_factory.mktemp("lab-root")  # Lab autosaves: run a copy, never the repository's file
+    """`jupyter lab` (lab_session.jupyter_lab) serving a copy of the notebook: Lab autosaves, so it never
+    runs the repository's file."""
+    root = tmp_path_factory.mktemp("lab-root")
     (root / "notebooks").mkdir()
     shutil.copy(ROOT / NOTEBOOK, root / NOTEBOOK)
-    settings = home / "settings" / "@jupyterlab" / "apputils-extension"
-    settings.mkdir(parents=True)
-    (settings / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false"}))
-    port, token = free_port(), secrets.token_hex(16)
-    command = [
-        sys.executable,
-        "-m",
-        "jupyter",
-        "lab",
-        "--no-browser",
-        "--allow-root",
-        f"--port={port}",
-        "--ip=127.0.0.1",
-        f"--IdentityProvider.token={token}",
-        f"--ServerApp.root_dir={root}",
-        f"--LabApp.user_settings_dir={home / 'settings'}",
-        f"--LabApp.workspaces_dir={home / 'workspaces'}",
-    ]
-    log = open(artifacts / "jupyter-lab.log", "w")  # noqa: SIM115 - open for the server's lifetime
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=root)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=5) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        if server.poll() is not None or time.monotonic() > deadline:
-            server.kill()
-            pytest.fail(f"jupyter lab did not start; see {artifacts / 'jupyter-lab.log'}")
-        time.sleep(0.5)
-    yield url, token
-    server.terminate()
-    try:
-        server.wait(20)
-    except subprocess.TimeoutExpired:
-        server.kill()
-    log.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    executable = shutil.which("chromium")
-    if executable is None:
-        pytest.fail("Chromium is missing: apt-get install -y chromium (see the README's test command).")
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+    with jupyter_lab(tmp_path_factory.mktemp("lab"), root, artifacts / "jupyter-lab.log") as server:
+        yield server
 
 
 def metric_text(widget) -> str:
@@ -131,21 +52,8 @@ def wait_for_change(read, before, timeout: float = 120.0):
 
 def test_live_notebook_in_jupyterlab(lab, browser, artifacts):
     url, token = lab
-    origin = url
-    outside, errors = [], []
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
-    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-
-    def guard(route):
-        request_url = route.request.url
-        if request_url.startswith((origin, "data:", "blob:")):
-            route.continue_()
-        else:
-            outside.append(request_url)
-            route.abort()
-
-    page.route("**/*", guard)
+    guarded = GuardedPage(browser, url)
+    page = guarded.page
     channels = []  # the kernel's websocket: Lab shows "idle" before a kernel is connected, too
     page.on("websocket", lambda ws: channels.append(ws.url) if "/channels" in ws.url else None)
     page.goto(f"{url}/lab/tree/{NOTEBOOK}?token={token}")
@@ -203,6 +111,5 @@ def test_live_notebook_in_jupyterlab(lab, browser, artifacts):
     viewer.screenshot(path=str(artifacts / "attention-viewer.png"))
     page.screenshot(path=str(artifacts / "lab-after-edits.png"), full_page=True)
 
-    assert outside == [], f"outside requests: {outside[:5]}"
-    assert errors == [], f"console errors: {errors[:5]}"
+    guarded.assert_clean()
     page.close()
