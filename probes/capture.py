@@ -22,7 +22,7 @@ from workbench.probes.activations import ActivationProbe, match_hooks
 from workbench.probes.attention import AttentionProbe
 from workbench.probes.base import ForwardDone, attached
 from workbench.probes.routing import RoutingProbe, moe_layers
-from workbench.probes.sinks import MemorySink, Reducer, ReducerSink, Sink, StoreSink
+from workbench.probes.sinks import MemorySink, Reducer, ReducerSink, Sink, StoreSink, TeeSink
 from workbench.progress import Bar
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "ReducerSink",
     "RoutingProbe",
     "StoreSink",
+    "TeeSink",
     "attached",
     "capture",
     "match_hooks",

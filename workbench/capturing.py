@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from workbench.errors import WorkbenchError
+from workbench.probes.sinks import Additive, TeeSink
 from workbench.results import Provenance, Result, register_result
 from workbench.store.format import DTYPES
 
@@ -22,8 +23,10 @@ _ATTENTION = re.compile(r"^attention\.blocks\.(\d+)\.(pattern|summary)$")
 _TOPK = re.compile(r"^routing\.blocks\.(\d+)\.topk_indices$")
 
 
-class AttentionEntropyReducer:
+class AttentionEntropyReducer(Additive):
     """Mean over query tokens of each head's attention entropy (nats), per layer."""
+
+    additive = ("sums", "count")
 
     def __init__(self) -> None:
         self.sums: dict[int, torch.Tensor] = {}
@@ -44,8 +47,10 @@ class AttentionEntropyReducer:
         return {layer: (s / max(1, self.count)).tolist() for layer, s in sorted(self.sums.items())}
 
 
-class ExpertLoadReducer:
+class ExpertLoadReducer(Additive):
     """f_e per layer: the share of tokens that chose expert e (docs/methods.md#load-and-balance)."""
+
+    additive = ("counts", "count")
 
     def __init__(self, n_experts: int) -> None:
         self.n_experts = n_experts
@@ -63,32 +68,6 @@ class ExpertLoadReducer:
 
     def result(self) -> dict[int, list[float]]:
         return {layer: (c / max(1, self.count)).tolist() for layer, c in sorted(self.counts.items())}
-
-
-class TeeSink:
-    """Feeds one capture to several sinks (the store and the reducers); `opened()` runs once all are open."""
-
-    def __init__(self, *sinks, opened=None) -> None:
-        self.sinks = sinks
-        self.opened = opened
-
-    def open(self, fields, n_tokens: int) -> int:
-        done = [sink.open(fields, n_tokens) for sink in self.sinks]
-        if self.opened is not None:
-            self.opened()
-        return done[0]
-
-    def consume(self, values, meta) -> None:
-        for sink in self.sinks:
-            sink.consume(values, meta)
-
-    def close(self) -> None:
-        for sink in self.sinks:
-            sink.close()
-
-    def abort(self) -> None:
-        for sink in self.sinks:
-            getattr(sink, "abort", lambda: None)()
 
 
 @register_result
@@ -190,8 +169,12 @@ def capture_to_run(
     tokens_per_shard: int | None = None,
     progress: bool = True,
     n_tokens: int | None = None,
+    workers=None,
 ) -> CaptureResult:
-    """Capture `probes` over `windows` into run.path/store (resumable), and save a CaptureResult in `run`."""
+    """Capture `probes` over `windows` into run.path/store (resumable), and save a CaptureResult in `run`.
+
+    `workers` (`workbench.scale.cluster.Workers`): one Ray task per range of shards, all writing into one
+    coordinated store (`workbench.scale.capture`) that reads as this store would."""
     from workbench.probes.capture import ReducerSink, StoreSink, capture
     from workbench.store import inspect_store
 
@@ -202,18 +185,39 @@ def capture_to_run(
     info = {"model": handle.facts.to_dict(), "data": windows.slice_info, "command": run.command}
     if resume:
         _check_same_capture(run.path / "store", info)
-    store = StoreSink(run.path / "store", info, resume=resume, tokens_per_shard=per_shard)
     entropy, load = AttentionEntropyReducer(), ExpertLoadReducer(handle.facts.n_experts or 1)
-    capture(  # the run folder says "running" once the store is open (its checks and lock passed)
-        handle,
-        windows,
-        probes,
-        TeeSink(store, ReducerSink([entropy, load]), opened=run.begin),
-        batch_size=batch_size,
-        progress=progress,
-        n_tokens=n_tokens,
-    )
-    if store.resumed_from:  # the reducers saw only the new tokens: fold them again over the whole store
+    if workers is not None:
+        from workbench.scale.capture import sharded_capture
+
+        outcome = sharded_capture(
+            handle,
+            windows,
+            probes,
+            run.path / "store",
+            info,
+            workers=workers,
+            batch_size=batch_size,
+            tokens_per_shard=per_shard,
+            resume=resume,
+            reducers=[entropy, load],
+            n_tokens=n_tokens,
+            progress=progress,
+            on_open=run.begin,
+        )
+        refold = outcome.reducers is None
+    else:
+        store = StoreSink(run.path / "store", info, resume=resume, tokens_per_shard=per_shard)
+        capture(  # the run folder says "running" once the store is open (its checks and lock passed)
+            handle,
+            windows,
+            probes,
+            TeeSink(store, ReducerSink([entropy, load]), opened=run.begin),
+            batch_size=batch_size,
+            progress=progress,
+            n_tokens=n_tokens,
+        )
+        refold = store.resumed_from > 0
+    if refold:  # the reducers saw only the new tokens: fold them again over the whole store
         entropy, load = AttentionEntropyReducer(), ExpertLoadReducer(handle.facts.n_experts or 1)
         _fold_store(run.path / "store", [entropy, load])
     summary = inspect_store(run.path / "store")
@@ -230,7 +234,8 @@ def capture_to_run(
             seed=windows.slice_info.get("selection_seed"),
             definition="values of the named hooks per token, as stored; attention rows are "
             "[head, key] per query token; routing from the router's own output",
-            settings={"batch_size": batch_size, "tokens_per_shard": per_shard},
+            settings={"batch_size": batch_size, "tokens_per_shard": per_shard}
+            | ({"workers": workers.n} if workers is not None else {}),
             command=run.command,
         ),
         attention_entropy={str(k): v for k, v in entropy.result().items()},

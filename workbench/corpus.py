@@ -155,6 +155,7 @@ class TokenWindows:
     doc_ids: list[str]
     domains: list[str]
     slice_info: dict[str, Any] = field(default_factory=dict)  # provenance of the selection
+    offset: int = 0  # index of the first window in the windows this is a part of (`part`)
 
     @property
     def n_windows(self) -> int:
@@ -177,8 +178,36 @@ class TokenWindows:
                 self.doc[part],
                 self.domain[part],
                 self.position[part],
-                torch.arange(start, min(start + batch_size, self.n_windows)),
+                torch.arange(self.offset + start, self.offset + min(start + batch_size, self.n_windows)),
             )
+
+    def every(self, step: int, first: int) -> TokenWindows:
+        """Windows first, first + step, first + 2·step, ...: one process's share of N (`offset` unused)."""
+        rows = slice(first, None, step)
+        return TokenWindows(
+            self.tokens[rows].clone(),
+            self.doc[rows].clone(),
+            self.domain[rows].clone(),
+            self.position[rows].clone(),
+            self.doc_ids,
+            self.domains,
+            self.slice_info | {"share": f"windows {first}::{step}"},
+        )
+
+    def part(self, start: int, stop: int) -> TokenWindows:
+        """Windows start..stop (a copy, so that it travels alone to a worker); their batches keep the
+        window indices of the whole (`offset`), so a part's capture carries the whole's metadata."""
+        rows = slice(start, stop)
+        return TokenWindows(
+            self.tokens[rows].clone(),
+            self.doc[rows].clone(),
+            self.domain[rows].clone(),
+            self.position[rows].clone(),
+            self.doc_ids,
+            self.domains,
+            self.slice_info,
+            self.offset + start,
+        )
 
     def select(self, n_tokens: int | None, seed: int = 0) -> TokenWindows:
         """Whole windows covering at least `n_tokens` (all when None), in a seeded random order.

@@ -110,7 +110,17 @@ def test_bench_against_sparsify_prints_both_ratios(capsys):
     for side in ("workbench", "sparsify"):
         assert body[side]["tokens_per_second"] > 0 and body[side]["l0"] <= 32
     assert body["speed_ratio_vs_sparsify"] > 0 and body["fvu_ratio_vs_sparsify"] > 0
-    assert set(body["targets"]) == {"speed_ratio_vs_sparsify >= 1.0", "fvu_ratio_vs_sparsify <= 1.0"}
+    for side in ("workbench", "sparsify"):  # every figure the issue names, for both
+        assert body["dead_fraction"][side] == body[side]["dead_fraction"]
+        assert body["ce_recovered"][side] == body[side]["ce_recovered"]
+    dead = body["dead_fraction"]
+    if dead["sparsify"] > 0:
+        assert body["dead_ratio_vs_sparsify"] == dead["workbench"] / dead["sparsify"]
+    assert set(body["targets"]) == {
+        "speed_ratio_vs_sparsify >= 2.0",
+        "fvu_ratio_vs_sparsify <= 1.0",
+        "dead_ratio_vs_sparsify <= 1.0",
+    }
 
 
 def test_train_from_a_paired_store(checkpoints, tmp_path, capsys):

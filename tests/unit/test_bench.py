@@ -77,7 +77,7 @@ def test_benchmarks_have_one_home():
         if "bench" in p.stem and home not in p.parents and p.parent != commands  # the command adapts flags
     ]
     assert not outside, f"benchmark modules belong in workbench/bench/: {outside}"
-    assert set(BENCHMARKS.names()) == {"capture", "essential", "transcoder", "replay", "widgets"}
+    assert set(BENCHMARKS.names()) == {"capture", "essential", "transcoder", "replay", "widgets", "scale"}
 
 
 def test_only_the_timing_helper_reads_a_clock_in_the_benchmarks():

@@ -185,3 +185,24 @@ def test_only_the_widgets_benchmark_imports_the_widgets():
         if within(target, "workbench.widgets")
     ]
     assert not offenders, f"only workbench/bench/widgets.py may import the widgets: {offenders}"
+
+
+def test_only_the_scale_package_imports_ray():
+    """Ray is an optional extra (`.[scale]`): only `workbench/scale/` imports it, and only inside the
+    functions that run when workers are asked for (tests/unit/test_scale_store.py checks the imports)."""
+    offenders = [
+        f"{path}:{line} imports {target}"
+        for path, (name, tree) in modules().items()
+        if not within(name, "workbench.scale")
+        for line, target in imported(name, tree)
+        if within(target, "ray")
+    ]
+    assert not offenders, f"only workbench/scale/ may import ray: {offenders}"
+    scale = [
+        imp
+        for path, (name, tree) in modules().items()
+        if path.startswith("workbench/scale/")
+        for imp in imported(name, tree)
+        if within(imp[1], "ray")
+    ]
+    assert scale, "the check reads the scale package's imports"

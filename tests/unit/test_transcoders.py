@@ -64,6 +64,33 @@ def test_training_learns_a_sparse_map(arch):
         assert state.curve[-1]["l0"] <= 6
 
 
+def test_topk_starts_from_the_data_and_trains_on_the_batches_it_read():
+    """Feature i's encoder column and decoder row point at training pair i (centred over the pairs
+    read: the first ⌈width / batch⌉ batches); those batches are then trained on, none skipped; features
+    beyond the pairs read keep the random start; relu starts random."""
+    cfg = TranscoderConfig(16, 16, 600, "topk", k=6)
+    tc = Transcoder(cfg, seed=0)
+    random_start = tc.W_enc.detach().clone()
+    trainer = Trainer(tc, TrainConfig(tokens=256 * 10, batch_size=256))
+    stream = trainer.initialise(_stream())
+    first = [_synthetic(i) for i in range(3)]  # 600 features need 3 batches of 256
+    x, y = torch.cat([b.x for b in first])[:600], torch.cat([b.y for b in first])[:600]
+    x, y = x - x.mean(0), y - y.mean(0)
+    torch.testing.assert_close(tc.W_enc.detach().T, 0.1 * x / x.norm(dim=1, keepdim=True))
+    torch.testing.assert_close(tc.W_dec.detach(), y / y.norm(dim=1, keepdim=True))
+    seen = [next(stream).cursor for _ in range(4)]
+    assert seen == [1, 2, 3, 4]  # the three batches read for the start, then the fourth
+    wide = Transcoder(TranscoderConfig(16, 16, 1000, "topk", k=6), seed=0)
+    wide_start = wide.W_enc.detach().clone()
+    Trainer(wide, TrainConfig(tokens=256 * 2, batch_size=256)).initialise(_stream())  # only 512 pairs
+    assert torch.equal(wide.W_enc.detach()[:, 512:], wide_start[:, 512:])
+    assert not torch.equal(tc.W_enc.detach(), random_start)
+    relu = Transcoder(TranscoderConfig(16, 16, 64, "relu"), seed=0)
+    relu_start = relu.W_enc.detach().clone()
+    Trainer(relu, TrainConfig(tokens=256 * 10, batch_size=256)).initialise(_stream())
+    assert torch.equal(relu.W_enc.detach(), relu_start)
+
+
 def test_checkpoint_and_resume_match_an_uninterrupted_run(tmp_path):
     cfg = TranscoderConfig(16, 16, 64, "topk", k=4)
     train = TrainConfig(

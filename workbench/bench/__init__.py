@@ -6,7 +6,8 @@ One module per benchmark, registered by name for `workbench bench NAME`:
 - `essential`: a pruning sweep's cost over (its evaluations × one evaluation pass);
 - `transcoder`: the workbench's transcoder training against EleutherAI sparsify's;
 - `replay`: prefix reuse, the sparse MLP on the CPU (`kernels`) and the Triton kernels (`gpu_kernels`);
-- `widgets`: the edit explorer's update latency after a control moves, against a plain forward.
+- `widgets`: the edit explorer's update latency after a control moves, against a plain forward;
+- `scale`: capture on 1 and 2 Ray workers and transcoder training on 1 and 2 DDP processes (`.[scale]`).
 
 `timing` is the one timing helper all of them use. Importing this package imports no benchmark: each
 module loads when its benchmark runs.
@@ -37,3 +38,4 @@ BENCHMARKS.register("essential", _lazy("essential", "bench_essential"))
 BENCHMARKS.register("transcoder", _lazy("transcoder", "bench_transcoder"))
 BENCHMARKS.register("replay", _lazy("replay", "bench_replay"))
 BENCHMARKS.register("widgets", _lazy("widgets", "bench_widgets"))
+BENCHMARKS.register("scale", _lazy("scale", "bench_scale"))

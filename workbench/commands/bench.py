@@ -14,16 +14,19 @@ TOKENS = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("which", help="which benchmark: capture, essential, transcoder, replay, widgets")
-    g = parser.add_argument_group("transcoder benchmark")
+    parser.add_argument(
+        "which", help="which benchmark: capture, essential, transcoder, replay, widgets, scale"
+    )
+    g = parser.add_argument_group("transcoder and scale benchmarks")
     g.add_argument(
         "--train-tokens",
         type=positive_int,
         default=409_600,
-        help="training budget of both trainers: train-split tokens, rounded up to whole windows",
+        help="training budget of both trainers (transcoder) or of each DDP run (scale): train-split "
+        "tokens, rounded up to whole windows",
     )
     calibration_flag(parser, "bench transcoder: the training text")
-    g.add_argument("--width", type=positive_int, help="features (default: 16 × d_model)")
+    g.add_argument("--width", type=positive_int, help="features (default: 16 × d_model; scale: 8 × d_model)")
     g.add_argument("--k", type=positive_int, default=32, help="features kept per token")
     g.add_argument("--layer", type=int, help="MLP layer (default: n_layers // 2)")
     parser.set_defaults(tokens=4096, batch_size=4)
@@ -40,6 +43,11 @@ def run(args: argparse.Namespace) -> dict:
         options = {"train_tokens": args.train_tokens, "width": args.width, "k": args.k, "layer": args.layer}
         source = calibration_source(args.corpus, args.text, args.calibration, "bench transcoder's training")
         options |= {"seed": args.seed, "calibration": source}
+    elif args.which == "scale":
+        from workbench.scale.cluster import require_ray
+
+        require_ray()  # refused before the model loads when the scale extra is missing
+        options = {"train_tokens": args.train_tokens, "width": args.width, "k": args.k}
     handle, windows = load_inputs(args)
     body = bench(handle, windows, batch_size=args.batch_size, **options)
     if not args.json:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from workbench.commands.flags import load_inputs, positive_int
+from workbench.commands.flags import load_inputs, positive_int, workers_flags, workers_of
 from workbench.errors import WorkbenchError
 
 TOKENS = (
@@ -35,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--shard-tokens", type=positive_int, help="tokens per shard (default: about 64 MB, whole batches)"
     )
+    workers_flags(parser, "capture")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -47,6 +48,7 @@ def run(args: argparse.Namespace) -> dict:
     if not (args.hooks or args.attention or args.routing):
         raise WorkbenchError("Nothing to capture: give --hooks PATTERN, --attention and/or --routing.")
     check_capture_out(args.out, args.resume)  # refuse before the run folder is touched
+    workers = workers_of(args)
     folder = RunFolder.create(args.out, "capture", args.command_line)
     with folder:
         handle, windows = load_inputs(args)
@@ -73,6 +75,7 @@ def run(args: argparse.Namespace) -> dict:
             batch_size=args.batch_size,
             tokens_per_shard=args.shard_tokens,
             n_tokens=args.tokens,
+            workers=workers,
         )
     if not args.json:
         print(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from workbench.commands.flags import load_inputs, optional_run, record
+from workbench.commands.flags import load_inputs, optional_run, record, workers_flags, workers_of
 from workbench.experts import defaults
 
 
@@ -25,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--mask-layers", type=int, nargs="+", help="with --mask: only these layers (default: every layer)"
     )
+    workers_flags(parser, "fold the routing statistics")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -35,9 +36,10 @@ def run(args: argparse.Namespace) -> dict:
     settings = ExpertsSettings(
         labels=labels, baseline=args.baseline, batch_size=args.batch_size, seed=args.seed
     )
+    workers = workers_of(args)
     with optional_run(args, "experts") as folder:
         handle, windows = load_inputs(args)
-        result = run_experts(handle, windows, settings)
+        result = run_experts(handle, windows, settings, workers=workers)
         results = [result]
         if args.mask:
             results.append(

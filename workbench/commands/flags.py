@@ -117,6 +117,34 @@ def calibration_flag(parser: argparse.ArgumentParser, what: str) -> None:
     )
 
 
+def workers_flags(parser: argparse.ArgumentParser, what: str) -> None:
+    """--workers N and --ray-address ADDR: fan `what` out over Ray (the `scale` extra)."""
+    g = parser.add_argument_group("scale out (Ray: pip install 'interp-workbench[scale]')")
+    g.add_argument(
+        "--workers",
+        type=positive_int,
+        metavar="N",
+        help=f"{what} on N Ray workers, each with its own copy of the model, one range of the windows "
+        "each (default: in this process)",
+    )
+    g.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="join this Ray cluster (auto, HOST:PORT, ray://HOST:PORT) instead of starting a local one "
+        "with --workers CPUs",
+    )
+
+
+def workers_of(args: argparse.Namespace):
+    """The `workbench.scale.cluster.Workers` that --workers / --ray-address ask for, or None."""
+    from workbench.scale.cluster import require_ray, workers_from
+
+    workers = workers_from(getattr(args, "workers", None), getattr(args, "ray_address", None))
+    if workers is not None:
+        require_ray()  # refused now, before a model is loaded, when the extra is not installed
+    return workers
+
+
 def default_model(progress: bool = True) -> str:
     """smollm2-135m when it is cached or can be fetched now, otherwise tiny-relu."""
     from workbench.models import MODELS

@@ -11,6 +11,8 @@ from workbench.commands.flags import (
     positive_int,
     record,
     text_windows,
+    workers_flags,
+    workers_of,
 )
 from workbench.sparsity import defaults
 
@@ -40,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="train-split tokens for magnitude@P and cett@R thresholds (rounded up to whole windows)",
     )
     calibration_flag(parser, "the thresholds of magnitude@P and cett@R, and --inputs train")
+    workers_flags(parser, "fold the density statistics")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -54,13 +57,14 @@ def run(args: argparse.Namespace) -> dict:
     )
     # resolved (or refused) here, before any run folder is made
     source = sparsity_source(settings, args.corpus, args.text, args.calibration)
+    workers = workers_of(args)
     with optional_run(args, "sparsity") as folder:
         handle = load_handle(args)
         heldout = text_windows(args, handle) if "heldout" in settings.inputs else None
         windows = sparsity_inputs(
             handle, settings, heldout=heldout, source=source, n_tokens=args.tokens, context=args.context
         )
-        result = run_sparsity(handle, windows, settings, calibration=source)
+        result = run_sparsity(handle, windows, settings, calibration=source, workers=workers)
         record(args, folder, [result])
     if not args.json:
         print(result.table().to_string(index=False))

@@ -6,7 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from workbench.commands.flags import default_model, optional_run, positive_int, record
+from workbench.commands.flags import (
+    default_model,
+    optional_run,
+    positive_int,
+    record,
+    workers_flags,
+    workers_of,
+)
 from workbench.errors import WorkbenchError
 from workbench.transcoders import defaults
 
@@ -60,53 +67,55 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "re-initialise them (relu only); or none (default: auxk for topk, resample for relu)",
     )
     g.add_argument(
+        "--init",
+        choices=["data", "random"],
+        help="starting weights: data, each feature from one training pair's centred input and output "
+        "(topk default: fewer dead features), or random (relu default)",
+    )
+    g.add_argument(
         "--checkpoint-every",
         type=positive_int,
         default=defaults.CHECKPOINT_EVERY,
         help="steps between checkpoints",
     )
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    g.add_argument(
+        "--nproc",
+        type=positive_int,
+        default=1,
+        help="train with DDP over N processes on this machine (gloo on the CPU, NCCL with one GPU each), "
+        "each on its share of every --batch-tokens batch; under torchrun, its processes are used instead",
+    )
     e = parser.add_argument_group("eval")
     e.add_argument(
         "--features", action="store_true", help="also fold the feature table (density, top contexts)"
     )
+    workers_flags(parser, "eval --features: fold the feature table")
 
 
 def _train(args: argparse.Namespace) -> dict:
     from workbench.models import load_model
     from workbench.runs import RunFolder
-    from workbench.transcoders.run import TranscoderSettings, tokens_note, train_transcoder, training_windows
-    from workbench.transcoders.train import TrainConfig
+    from workbench.transcoders.run import train_transcoder, training_windows
 
     if args.out is None:
         raise WorkbenchError("transcoder train needs --out DIR: the folder for weights and checkpoints.")
+    if args.workers or args.ray_address:
+        raise WorkbenchError(
+            "transcoder train runs on several processes with --nproc N (DDP), not on Ray workers; "
+            "--workers applies to eval --features."
+        )
+    from workbench.scale.ddp import launched_by_torchrun
+
+    if args.nproc > 1 or launched_by_torchrun():
+        return _train_distributed(args)
     run = RunFolder.create(args.out, "transcoder", args.command_line)
     with run:
         handle = load_model(args.model or default_model(progress=True), device=args.device)
         windows = None
         if args.store is None:  # the train split, every window, in a seeded order; reused when exhausted
             windows = training_windows(handle, args.corpus, args.text, args.context, args.seed)
-        train = TrainConfig(
-            tokens=args.tokens or defaults.TRAIN_TOKENS,
-            batch_size=args.batch_tokens,
-            lr=args.lr,
-            dead_tokens=args.dead_tokens,
-            remedy=args.remedy,
-            checkpoint_every=args.checkpoint_every,
-            seed=args.seed,
-        )
-        note = tokens_note(train.tokens, train.batch_size)
-        if note:  # said before training starts, and recorded in the result's provenance
-            print(f"note: {note}.", file=sys.stderr)
-        settings = TranscoderSettings(
-            layer=args.layer,
-            arch=args.arch,
-            width=args.width,
-            k=args.k,
-            l1=args.l1,
-            skip=args.skip,
-            train=train,
-        )
+        settings = _settings(args)
         _, training = train_transcoder(
             handle,
             windows,
@@ -118,12 +127,83 @@ def _train(args: argparse.Namespace) -> dict:
             on_start=run.begin,  # an existing run folder is rewritten only once training starts
         )
         record(args, run, [training])
+    return _report(args, training, run.path)
+
+
+def _settings(args: argparse.Namespace):
+    """The TranscoderSettings the train flags ask for (a note when --tokens is not whole steps)."""
+    from workbench.transcoders.run import TranscoderSettings, tokens_note
+    from workbench.transcoders.train import TrainConfig
+
+    train = TrainConfig(
+        tokens=args.tokens or defaults.TRAIN_TOKENS,
+        batch_size=args.batch_tokens,
+        lr=args.lr,
+        dead_tokens=args.dead_tokens,
+        remedy=args.remedy,
+        init=args.init,
+        checkpoint_every=args.checkpoint_every,
+        seed=args.seed,
+    )
+    note = tokens_note(train.tokens, train.batch_size)
+    if note:  # said before training starts, and recorded in the result's provenance
+        print(f"note: {note}.", file=sys.stderr)
+    return TranscoderSettings(
+        layer=args.layer, arch=args.arch, width=args.width, k=args.k, l1=args.l1, skip=args.skip, train=train
+    )
+
+
+def _train_distributed(args: argparse.Namespace) -> dict:
+    """--nproc N: N spawned DDP processes, this one keeping the run folder; or, under torchrun, this
+    process is one of them (process 0 keeps the run folder)."""
+    from workbench.runs import RunFolder
+    from workbench.scale.ddp import from_env, launch, launched_by_torchrun
+    from workbench.transcoders.distributed import TrainRequest, train_process
+    from workbench.transcoders.run import TranscoderTraining
+    from workbench.transcoders.train import TrainingInterrupted
+
+    request = TrainRequest(
+        model=args.model or default_model(progress=True),
+        device=args.device,
+        settings=_settings(args),
+        out=Path(args.out),
+        corpus=args.corpus,
+        text=tuple(args.text) if args.text else None,
+        context=args.context,
+        seed=args.seed,
+        store=args.store,
+        resume=args.resume,
+        windows_per_forward=args.batch_size,
+    )
+    comm = from_env(args.device) if launched_by_torchrun() else None
+    if comm is not None and comm.rank != 0:  # process 0 keeps the run folder and reports
+        train_process(comm, request)
+        return {"process": comm.rank, "processes": comm.world, "out": str(args.out)}
+    run = RunFolder.create(args.out, "transcoder", args.command_line)
+    with run:
+        run.begin()
+        try:
+            body = (
+                train_process(comm, request)
+                if comm is not None
+                else launch(args.nproc, train_process, (request,), device=args.device)
+            )
+        except KeyboardInterrupt as err:  # the processes agreed to stop and saved a checkpoint
+            if isinstance(err, TrainingInterrupted):
+                raise
+            raise TrainingInterrupted(str(err), getattr(err, "exit_code", 130) - 128) from None
+        training = TranscoderTraining.from_dict(body)
+        record(args, run, [training])
+    return _report(args, training, run.path)
+
+
+def _report(args: argparse.Namespace, training, path: Path) -> dict:
     if not args.json:
         print(
             f"trained {training.arch} transcoder on {training.model} layer {training.layer}: "
             f"{training.tokens} tokens in {training.seconds:.0f} s "
             f"({training.tokens_per_second:.0f} tokens/s); "
-            f"saved in {run.path}"
+            f"saved in {path}"
         )
     return {
         "model": training.model,
@@ -136,7 +216,7 @@ def _train(args: argparse.Namespace) -> dict:
         "seconds": training.seconds,
         "tokens_per_second": training.tokens_per_second,
         "final": training.curve[-1] if training.curve else {},
-        "out": str(run.path),
+        "out": str(path),
     }
 
 
@@ -166,7 +246,12 @@ def _eval(args: argparse.Namespace) -> dict:
         result = evaluate_transcoder(handle, tc, windows, batch_size=args.batch_size, seed=args.seed)
         results = [result]
         if args.features:
-            results.append(feature_table(handle, tc, windows, batch_size=args.batch_size, seed=args.seed))
+            workers = workers_of(args)
+            results.append(
+                feature_table(
+                    handle, tc, windows, batch_size=args.batch_size, seed=args.seed, workers=workers
+                )
+            )
         record(args, folder, results)
     if not args.json:
         print(result.table().round(4).to_string(index=False))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from workbench.errors import WorkbenchError
+from workbench.probes.sinks import Additive
 
 INPUT_HOOKS = {  # where each matrix kind reads its input, for Wanda's ‖X_j‖
     "attn_q": "ln1.hook_out",
@@ -23,8 +24,10 @@ INPUT_HOOKS = {  # where each matrix kind reads its input, for Wanda's ‖X_j‖
 }
 
 
-class SquareSumReducer:
+class SquareSumReducer(Additive):
     """Σ_t x_t² per input feature of each hook (for ‖X_j‖₂ over calibration tokens)."""
+
+    additive = ("sums",)
 
     def __init__(self) -> None:
         self.sums: dict[str, torch.Tensor] = {}

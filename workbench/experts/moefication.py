@@ -33,6 +33,7 @@ from workbench.experts.partition import (
 )
 from workbench.experts.routing_stats import RoutingStats
 from workbench.models import ModelHandle
+from workbench.probes.sinks import Additive
 from workbench.progress import tracked
 from workbench.results import Provenance, Result, register_result
 from workbench.settings import Settings
@@ -150,8 +151,10 @@ def train_router(
     return router.eval()
 
 
-class CoactivationReducer:
+class CoactivationReducer(Additive):
     """Co-firing counts [d_mlp, d_mlp] per layer (a_i > 0 and a_j > 0 on the same token)."""
+
+    additive = ("counts",)
 
     def __init__(self, layers: list[int]) -> None:
         self.layers = layers
@@ -163,8 +166,11 @@ class CoactivationReducer:
             self.counts[layer] = self.counts.get(layer, 0) + fired.T @ fired
 
 
-class RouterDataReducer:
-    """Keeps each layer's MLP input and group scores, the router's training data."""
+class RouterDataReducer(Additive):
+    """Keeps each layer's MLP input and group scores, the router's training data (merging concatenates
+    them, the reducer merged in first)."""
+
+    additive = ("inputs", "scores")
 
     def __init__(self, memberships: dict[int, torch.Tensor]) -> None:
         self.memberships = memberships
@@ -191,8 +197,10 @@ def captured_shares(
     return mass, 1 - (y - kept).norm(dim=-1) / norm
 
 
-class CapturedMassReducer:
+class CapturedMassReducer(Additive):
     """Folds captured mass and output per k, with oracle and router choices, and the router's routing."""
+
+    additive = ("sums", "recall", "tokens", "stats")
 
     def __init__(self, weights, memberships, labels_of, routers, k: int, stats: RoutingStats) -> None:
         self.memberships = memberships

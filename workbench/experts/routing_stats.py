@@ -23,6 +23,7 @@ from workbench.experts.information import (
     normalised_mutual_information,
 )
 from workbench.experts.labels import Labeller
+from workbench.probes.sinks import Additive
 
 TOP_TOKENS = 10
 MIN_TOKEN_COUNT = 20  # a token must occur this often to be listed among an expert's top tokens
@@ -30,7 +31,9 @@ _ROUTING = re.compile(r"^routing\.blocks\.(\d+)\.(router_logits|topk_indices)$")
 
 
 @dataclass
-class LayerCounts:
+class LayerCounts(Additive):
+    additive = ("load", "prob_sum", "coselect", "joint", "adjacent", "entropy_sum", "tokens")
+
     n_experts: int
     label_sizes: dict[str, int]
     load: torch.Tensor = field(init=False)  # [E] tokens that chose e
@@ -56,8 +59,17 @@ def one_hot_choices(indices: torch.Tensor, n_experts: int) -> torch.Tensor:
     return chosen.scatter_(1, indices.long(), 1.0)
 
 
-class RoutingStats:
-    """Accumulates every layer's routing counts; feed it with `add(choices, meta)` once per batch."""
+class RoutingStats(Additive):
+    """Accumulates every layer's routing counts; feed it with `add(choices, meta)` once per batch.
+
+    Counts and float64 sums, so stats of disjoint tokens merge (`merge`) into the stats of all of them."""
+
+    additive = ("layers",)
+
+    def merge(self, other: RoutingStats) -> None:
+        if (self.n_experts, self.k, self.labeller.names) != (other.n_experts, other.k, other.labeller.names):
+            raise ValueError("cannot merge routing statistics of other experts, k or labels")
+        super().merge(other)
 
     def __init__(self, n_experts: int, k: int, labeller: Labeller) -> None:
         self.n_experts, self.k, self.labeller = n_experts, k, labeller
@@ -153,8 +165,10 @@ def top_tokens(spec: torch.Tensor, per_token: torch.Tensor, decode: Callable | N
     return ranked
 
 
-class RoutingStatsReducer:
+class RoutingStatsReducer(Additive):
     """Feeds a routing capture (RoutingProbe values) into RoutingStats."""
+
+    additive = ("stats",)
 
     def __init__(self, stats: RoutingStats) -> None:
         self.stats = stats

@@ -8,6 +8,7 @@ statistics look like before any training, so that specialization can be told fro
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import altair as alt
 import pandas as pd
@@ -21,6 +22,9 @@ from workbench.experts.routing_stats import RoutingStats, RoutingStatsReducer
 from workbench.models import ModelHandle, load_model
 from workbench.results import Provenance, Result, register_result
 from workbench.settings import Settings
+
+if TYPE_CHECKING:
+    from workbench.scale.cluster import Workers
 
 DEFINITION = (
     "load f_e = share of tokens whose top-k holds e (sums to k); load_cv = std/mean of f "
@@ -59,9 +63,18 @@ def randomly_initialised(handle: ModelHandle, seed: int = 0) -> ModelHandle:
 
 
 def routing_summary(
-    handle: ModelHandle, windows: TokenWindows, labels: list[str], batch_size: int, progress: bool
+    handle: ModelHandle,
+    windows: TokenWindows,
+    labels: list[str],
+    batch_size: int,
+    progress: bool,
+    workers: Workers | None = None,
+    random_init_seed: int | None = None,
 ) -> tuple[list[dict], Labeller]:
-    from workbench.probes.capture import ReducerSink, RoutingProbe, capture
+    """Routing statistics of every MoE layer over `windows`, folded here or (`workers`) on Ray workers;
+    `random_init_seed` says that `handle` is `randomly_initialised` with it (what workers rebuild)."""
+    from workbench.probes.capture import RoutingProbe
+    from workbench.scale.fold import fold
 
     if not handle.facts.moe:
         raise WorkbenchError(
@@ -71,9 +84,23 @@ def routing_summary(
     vocab = handle.facts.d_vocab
     labeller = Labeller.build(labels, windows.domains, handle.tokenizer, vocab)
     stats = RoutingStats(handle.facts.n_experts, handle.facts.experts_per_token, labeller)
-    capture(
-        handle, windows, [RoutingProbe()], ReducerSink([RoutingStatsReducer(stats)]), batch_size, progress
+    reducer = RoutingStatsReducer(stats)
+    recipe = None
+    if workers is not None:
+        from workbench.scale.recipe import ModelRecipe
+
+        recipe = ModelRecipe.of(handle, random_init_seed)
+    fold(
+        handle,
+        windows,
+        [RoutingProbe()],
+        [reducer],
+        batch_size=batch_size,
+        progress=progress,
+        workers=workers,
+        recipe=recipe,
     )
+    stats = reducer.stats
     return stats.summary(decode=lambda i: handle.tokenizer.decode([i])), labeller
 
 
@@ -199,14 +226,16 @@ def run_experts(
     settings: ExpertsSettings = ExpertsSettings(),
     *,
     progress: bool = True,
+    workers: Workers | None = None,
 ) -> ExpertsResult:
-    """Routing statistics of every MoE layer over `windows`; with `baseline`, also of a random-init copy."""
+    """Routing statistics of every MoE layer over `windows`; with `baseline`, also of a random-init copy.
+    `workers`: fold them on Ray workers (`workbench.scale`), merged to the same numbers."""
     labels, batch_size, seed = list(settings.labels), settings.batch_size, settings.seed
-    layers, _ = routing_summary(handle, windows, labels, batch_size, progress)
+    layers, _ = routing_summary(handle, windows, labels, batch_size, progress, workers)
     base_what, base_layers = None, []
     if settings.baseline:
         copy = randomly_initialised(handle, seed)
-        full, _ = routing_summary(copy, windows, labels, batch_size, progress)
+        full, _ = routing_summary(copy, windows, labels, batch_size, progress, workers, random_init_seed=seed)
         base_what = f"randomly initialised copy of the architecture (seed {seed})"
         base_layers = [{k: x[k] for k in SUMMARY_KEYS} for x in full]
     provenance = Provenance(

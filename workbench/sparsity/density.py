@@ -10,20 +10,29 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from workbench.errors import WorkbenchError
 from workbench.models import ModelHandle
 from workbench.neurons import NeuronHooks, neuron_hooks, output_weights
+from workbench.probes.sinks import Additive
 from workbench.sparsity.defaults import DENSE_THRESHOLD, FIRING_BINS
 from workbench.sparsity.definitions import Definition
 from workbench.sparsity.thresholds import calibrate
 
+if TYPE_CHECKING:
+    from workbench.scale.cluster import Workers
+
 
 @dataclass
-class DensityReducer:
-    """Folds per-token density (as an exact histogram), per-neuron firing counts and per-domain sums."""
+class DensityReducer(Additive):
+    """Folds per-token density (as an exact histogram), per-neuron firing counts and per-domain sums.
+
+    Every statistic is a count (int64, or float64 sums of integer counts), so merging is exact."""
+
+    additive = ("histogram", "firing", "domain_active", "domain_tokens", "tokens")
 
     hooks: list[NeuronHooks]
     definition: Definition
@@ -91,9 +100,12 @@ def measure(
     calibration,
     batch_size: int = 8,
     progress: bool = True,
+    workers: Workers | None = None,
 ) -> DensityReducer:
-    """Run `windows` through the model and fold the density statistics of every layer."""
-    from workbench.probes.capture import ActivationProbe, ReducerSink, capture
+    """Run `windows` through the model and fold the density statistics of every layer (with `workers`,
+    on Ray workers, one range of windows each, merged; thresholds are calibrated here first)."""
+    from workbench.probes.capture import ActivationProbe
+    from workbench.scale.fold import fold
 
     hooks = neuron_hooks(handle)
     thresholds = (
@@ -108,13 +120,14 @@ def measure(
         else {}
     )
     reducer = DensityReducer(hooks, definition, handle.facts.d_mlp, len(windows.domains), thresholds, w_norms)
-    capture(
+    fold(
         handle,
         windows,
         [ActivationProbe(names)],
-        ReducerSink([reducer]),
+        [reducer],
         batch_size=batch_size,
         progress=progress,
+        workers=workers,
     )
     return reducer
 

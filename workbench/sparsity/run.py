@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from workbench.calibration import CalibrationSource, calibration_source, calibration_windows, source_of
 from workbench.corpus import TokenWindows, check_context, random_windows
@@ -26,6 +27,9 @@ from workbench.sparsity.definitions import Definition, default_definition
 from workbench.sparsity.density import firing_histogram, mean_over_layers, measure
 from workbench.sparsity.result import SparsityResult
 from workbench.sparsity.thresholds import sparsity_calibration
+
+if TYPE_CHECKING:
+    from workbench.scale.cluster import Workers
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -115,6 +119,7 @@ def run_sparsity(
     *,
     calibration: CalibrationSource | TokenWindows | None = None,
     progress: bool = True,
+    workers: Workers | None = None,
 ) -> SparsityResult:
     """Density statistics for each input kind; the first kind gives the per-layer table and histograms.
 
@@ -123,6 +128,7 @@ def run_sparsity(
     `calibration`: the thresholds' calibration windows as they are, or a `CalibrationSource` from which
     `settings.calibration_tokens` are drawn with seed + 1 (it also gives the `train` inputs); by default
     the train split of the measured windows' corpus (`workbench.calibration`).
+    `workers`: fold each input kind on Ray workers (`workbench.scale`), merged to the same numbers.
     """
     spec = settings.spec(handle)
     purpose = f"{spec.name}'s thresholds" if spec.needs_calibration else "--inputs train"
@@ -155,7 +161,13 @@ def run_sparsity(
     by_input, main = {}, None
     for kind, kind_windows in inputs.items():
         reducer = measure(
-            handle, kind_windows, spec, calibration, batch_size=settings.batch_size, progress=progress
+            handle,
+            kind_windows,
+            spec,
+            calibration,
+            batch_size=settings.batch_size,
+            progress=progress,
+            workers=workers,
         )
         rows = reducer.layer_stats(settings.dense_threshold)
         by_input[kind] = {

@@ -28,8 +28,10 @@ _TEMP_FILE = re.compile(r"\.(shard-\d+\.safetensors|store\.json)\.tmp")
 _SHARD_FILE = re.compile(r"shard-\d+\.safetensors")
 
 
-def new_manifest(fields: list[FieldSpec], n_tokens: int, info: dict[str, Any]) -> dict[str, Any]:
-    return {
+def new_manifest(
+    fields: list[FieldSpec], n_tokens: int, info: dict[str, Any], base_token: int = 0
+) -> dict[str, Any]:
+    manifest = {
         "format": STORE_FORMAT,
         "status": "writing",
         "created": now(),
@@ -43,6 +45,9 @@ def new_manifest(fields: list[FieldSpec], n_tokens: int, info: dict[str, Any]) -
         "shards": [],
         "resumes": [],
     }
+    if base_token:  # a range of a coordinated store: shard headers hold whole-store positions
+        manifest["base_token"] = base_token
+    return manifest
 
 
 def _strays(names: list[str], manifest: dict[str, Any] | None) -> list[str]:
@@ -77,7 +82,14 @@ def check_folder(folder: Path, resume: bool) -> None:
         )
 
 
-def prepare(folder: Path, fields: list[FieldSpec], n_tokens: int, info: dict[str, Any], resume: bool) -> dict:
+def prepare(
+    folder: Path,
+    fields: list[FieldSpec],
+    n_tokens: int,
+    info: dict[str, Any],
+    resume: bool,
+    base_token: int = 0,
+) -> dict:
     """The manifest to continue from: a fresh one, or (resume) the one on disk after removing strays.
 
     Call with the store's lock held: removing strays is only safe when no writer is running.
@@ -86,7 +98,18 @@ def prepare(folder: Path, fields: list[FieldSpec], n_tokens: int, info: dict[str
     names = [p.name for p in folder.iterdir() if p.name != LOCK]
     manifest = load_manifest(folder) if MANIFEST in names else None
     if manifest is not None:
+        if "ranges" in manifest:
+            raise WorkbenchError(
+                f"{folder} is a coordinated store: {len(manifest['ranges'])} range writers fill it under one "
+                "manifest, and a single writer must not append to it. Resume it as it was started, with "
+                "--workers (workbench.scale.sharded_capture)."
+            )
         stored = [FieldSpec.from_json(d) for d in manifest["fields"]]
+        if manifest.get("base_token", 0) != base_token:
+            raise WorkbenchError(
+                f"Cannot resume {folder}: it holds the range from token {manifest.get('base_token', 0):,} "
+                f"of a coordinated store, not from token {base_token:,}; choose a new folder."
+            )
         if stored != fields or manifest["n_tokens"] != n_tokens:
             raise WorkbenchError(
                 f"Cannot resume {folder}: it was started for {manifest['n_tokens']:,} tokens of fields "
@@ -104,7 +127,7 @@ def prepare(folder: Path, fields: list[FieldSpec], n_tokens: int, info: dict[str
     for name in removed:
         (folder / name).unlink()
     if manifest is None:
-        return new_manifest(fields, n_tokens, info)
+        return new_manifest(fields, n_tokens, info, base_token)
     manifest.setdefault("resumes", []).append(
         {"date": now(), "tokens_done": manifest["tokens_written"], "removed": removed}
     )

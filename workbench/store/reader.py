@@ -54,6 +54,7 @@ class StoreReader:
         self.shards: list[dict[str, Any]] = list(self.manifest["shards"])
         self.n_tokens: int = self.manifest["tokens_written"]
         self.complete: bool = self.manifest["status"] == "complete"
+        self._base = int(self.manifest.get("base_token", 0))  # a range of a coordinated store, read alone
         self._starts = torch.tensor([s["start"] for s in self.shards], dtype=torch.int64)  # [n_shards]
         self._verify = bool(verify)
         self._verified: set[int] = set()  # shards whose checksum this reader has checked
@@ -214,7 +215,10 @@ class StoreReader:
         try:
             handle = safe_open(self.path / name, framework="pt")
             header = json.loads((handle.metadata() or {}).get(SHARD_METADATA_KEY, "{}"))
-            if (header.get("start"), header.get("stop")) != (entry["start"], entry["stop"]):
+            if (header.get("start"), header.get("stop")) != (
+                self._base + entry["start"],
+                self._base + entry["stop"],
+            ):
                 raise ValueError(f"it holds tokens {header.get('start')}..{header.get('stop')}")
             for k in keys:
                 want_shape, want_dtype = self._layout(k, rows)

@@ -77,8 +77,13 @@ class StoreWriter:
         info: dict[str, Any],
         resume: bool = False,
         tokens_per_shard: int = 8192,
+        base_token: int = 0,
     ) -> StoreWriter:
-        """Create a store in `path` (empty or new), or with `resume=True` continue the one there."""
+        """Create a store in `path` (empty or new), or with `resume=True` continue the one there.
+
+        `base_token`: the store is one range of a coordinated store (`workbench.store.ranges`) whose first
+        token is that token of the whole; shard headers carry whole-store positions.
+        """
         folder = Path(path).expanduser()
         fields = check_fields(fields)
         if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens <= 0:
@@ -98,7 +103,7 @@ class StoreWriter:
         folder.mkdir(parents=True, exist_ok=True)
         lock = StoreLock.acquire(folder)
         try:
-            manifest = prepare(folder, fields, n_tokens, info, resume)
+            manifest = prepare(folder, fields, n_tokens, info, resume, base_token)
             preflight(folder, fields, n_tokens - manifest["tokens_written"], tokens_per_shard)
             write_manifest(folder, manifest)
         except BaseException:
@@ -259,7 +264,10 @@ class StoreWriter:
         """Write one shard durably, then list it in the manifest (runs in the writer thread)."""
         name = shard_name(len(self._manifest["shards"]))
         tmp = self.path / temp_name(name)
-        header = json.dumps({"format": STORE_FORMAT, "start": start, "stop": stop})
+        base = self._manifest.get(
+            "base_token", 0
+        )  # whole-store positions, for a range of a coordinated store
+        header = json.dumps({"format": STORE_FORMAT, "start": base + start, "stop": base + stop})
         try:
             size, digest = write_shard(tmp, tensors, {SHARD_METADATA_KEY: header})
             tmp.replace(self.path / name)

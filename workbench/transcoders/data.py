@@ -1,7 +1,7 @@
 """Where training pairs (x = MLP input, y = MLP output) come from: a paired store, or the model itself.
 
-`model_pairs` runs the model over token windows with two hooks attached (each forward pass stops
-after the layer's MLP), and mixes tokens through a shuffle buffer, so consecutive batches are not
+`model_pairs` runs the model's Hugging Face modules over token windows up to the layer's MLP
+(`direct.py`), and mixes tokens through a shuffle buffer, so consecutive batches are not
 consecutive text. `store_pairs` reads a capture store's two fields row-aligned, shuffled. Both loop
 over their data for as many passes as training asks, and report which window comes next so that a
 resumed run continues where the checkpoint was taken.
@@ -56,10 +56,20 @@ def model_pairs(
     windows_per_forward: int = 8,
     seed: int = 0,
     start: int = 0,
+    cache: bool = False,
 ) -> Iterator[Batch]:
-    """Endless shuffled (x, y) batches from the model; window order is fixed by the windows object."""
+    """Endless shuffled (x, y) batches from the model; window order is fixed by the windows object.
+
+    The pairs come from the plain Hugging Face modules, truncated after the layer (`DirectPairs`), the
+    same numbers as the bridge's hooks at less cost. With `cache` (for runs of more than one pass), every
+    window's pairs are kept after the first pass and reused, when they fit (`pair_cache`).
+    """
+    from workbench.transcoders.direct import DirectPairs
+
+    pairs_of = DirectPairs(handle, layer)
     generator = torch.Generator().manual_seed(seed + start)
     n = windows.tokens.shape[0]
+    kept = pair_cache(windows, handle.facts.d_model) if cache else None
     cursor = start
     xs: list[torch.Tensor] = []
     ys: list[torch.Tensor] = []
@@ -67,7 +77,14 @@ def model_pairs(
     while True:
         while held < buffer_tokens:
             rows = torch.arange(cursor, cursor + windows_per_forward) % n
-            x, y = mlp_pairs_of(handle, layer, windows.tokens[rows])
+            if kept is not None and kept.filled[rows].all():
+                x, y = kept.x[rows].flatten(0, 1), kept.y[rows].flatten(0, 1)
+            else:
+                x, y = pairs_of(windows.tokens[rows])
+                if kept is not None:
+                    kept.x[rows] = x.view(len(rows), -1, x.shape[-1])
+                    kept.y[rows] = y.view(len(rows), -1, y.shape[-1])
+                    kept.filled[rows] = True
             xs.append(x)
             ys.append(y)
             held += len(x)
@@ -80,6 +97,29 @@ def model_pairs(
             yield Batch(x[lo : lo + batch_size], y[lo : lo + batch_size], cursor)
         used = (half // batch_size) * batch_size
         xs, ys, held = [x[used:]], [y[used:]], len(x) - used
+
+
+CACHE_BYTES = 4 * 2**30  # at most this much memory (and a quarter of what is free) for cached pairs
+
+
+@dataclass
+class PairCache:
+    x: torch.Tensor  # [windows, context, d_model]
+    y: torch.Tensor
+    filled: torch.Tensor  # [windows] bool: which windows hold their pairs
+
+
+def pair_cache(windows: TokenWindows, d_model: int) -> PairCache | None:
+    """Room for every window's (x, y) in float32, or None when that needs more than CACHE_BYTES or a
+    quarter of the free memory (the pairs are then recomputed each pass)."""
+    import psutil
+
+    n, context = windows.tokens.shape
+    need = 2 * n * context * d_model * 4
+    if need > min(CACHE_BYTES, psutil.virtual_memory().available // 4):
+        return None
+    empty = lambda: torch.empty(n, context, d_model)  # noqa: E731
+    return PairCache(empty(), empty(), torch.zeros(n, dtype=torch.bool))
 
 
 def store_pairs(path, hook_in: str, hook_out: str, batch_size: int, seed: int = 0, start: int = 0):

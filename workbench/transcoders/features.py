@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import altair as alt
 import pandas as pd
@@ -22,6 +23,9 @@ from workbench.results import Provenance, Result, register_result
 from workbench.transcoders.data import mlp_pairs_of
 from workbench.transcoders.model import Transcoder
 
+if TYPE_CHECKING:
+    from workbench.scale.cluster import Workers
+
 HIST_EDGES = torch.logspace(-3, 2, 26)  # nonzero activations from 0.001 to 100, 25 log bins (+ under/over)
 DEFINITION = (
     "Transcoder features over held-out tokens: density = share of tokens with z_i > 0; mean activation over "
@@ -31,6 +35,9 @@ DEFINITION = (
 
 
 class FeatureReducer:
+    """Per feature: firing count, activation sum, histogram, and the top-N activations with their global
+    token index. Reducers of disjoint tokens merge (`merge`) into the reducer of all of them."""
+
     def __init__(self, width: int, top_n: int) -> None:
         self.fires = torch.zeros(width, dtype=torch.long)
         self.act_sum = torch.zeros(width, dtype=torch.float64)
@@ -53,6 +60,42 @@ class FeatureReducer:
         best = merged_v.topk(self.top_n, dim=1)
         self.top_values = best.values
         self.top_where = merged_w.gather(1, best.indices)
+
+    def merge(self, other: FeatureReducer) -> None:
+        """Add counts, sums and histograms; keep the top N of both top lists (this one's first on ties)."""
+        if (other.fires.shape, other.top_n) != (self.fires.shape, self.top_n):
+            raise ValueError("cannot merge feature statistics of another width or top_n")
+        self.fires = self.fires + other.fires  # new tensors: these may be inference-mode tensors
+        self.act_sum = self.act_sum + other.act_sum
+        self.hist = self.hist + other.hist
+        merged_v = torch.cat([self.top_values, other.top_values], dim=1)
+        merged_w = torch.cat([self.top_where, other.top_where], dim=1)
+        order = merged_v.sort(dim=1, descending=True, stable=True).indices[:, : self.top_n]
+        self.top_values = merged_v.gather(1, order)
+        self.top_where = merged_w.gather(1, order)
+
+
+@torch.inference_mode()
+def fold_features(
+    handle: ModelHandle,
+    windows: TokenWindows,
+    tc: Transcoder,
+    batch_size: int = 8,
+    top_n: int = 10,
+    progress: bool = False,
+) -> FeatureReducer:
+    """The feature statistics of `windows` (a `part` of larger windows counts its tokens from its offset)."""
+    tc = tc.to(handle.device)
+    reducer = FeatureReducer(tc.width, top_n)
+    done = windows.offset * windows.context
+    bar = Bar(windows.n_tokens, unit="tokens", desc="feature statistics", show=progress)
+    for batch in windows.batches(batch_size):
+        x, _ = mlp_pairs_of(handle, tc.cfg.layer, batch.tokens)
+        reducer.update(tc.features(x).cpu(), done)  # the reducer's tensors live on the CPU
+        done += batch.tokens.numel()
+        bar.update(batch.tokens.numel())
+    bar.close()
+    return reducer
 
 
 @register_result
@@ -121,16 +164,29 @@ def feature_table(
     histograms: int = 8,
     progress: bool = True,
     seed: int = 0,
+    workers: Workers | None = None,
 ) -> FeatureTable:
-    reducer = FeatureReducer(tc.width, top_n)
-    done = 0
-    bar = Bar(windows.n_tokens, unit="tokens", desc="feature statistics", show=progress)
-    for batch in windows.batches(batch_size):
-        x, _ = mlp_pairs_of(handle, tc.cfg.layer, batch.tokens)
-        reducer.update(tc.features(x).cpu(), done)  # the reducer's tensors live on the CPU
-        done += batch.tokens.numel()
-        bar.update(batch.tokens.numel())
-    bar.close()
+    """Density, mean and top activations of every feature over `windows`; with `workers`, folded on Ray
+    workers (one range each) and merged."""
+    if workers is None:
+        reducer = fold_features(handle, windows, tc, batch_size, top_n, progress)
+    else:
+        from workbench.probes.sinks import merge_all
+        from workbench.scale.fold import fold_ranges
+        from workbench.scale.recipe import ModelRecipe
+
+        parts = fold_ranges(
+            windows,
+            fold_features,
+            (tc, batch_size, top_n),
+            workers=workers,
+            recipe=ModelRecipe.of(handle),
+            batch_size=batch_size,
+            progress=progress,
+            desc="feature statistics",
+        )
+        reducer = merge_all(parts)
+    done = windows.n_tokens
     fires = reducer.fires.clamp_min(1).double()
     densest = reducer.fires.topk(min(histograms, tc.width)).indices.tolist()
     top = []

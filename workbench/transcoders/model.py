@@ -25,6 +25,7 @@ from torch import nn
 from workbench.errors import WorkbenchError
 
 ARCHITECTURES = ("relu", "topk")
+ENCODER_INIT_NORM = 0.1  # each encoder column's norm at the start (random, or from data in train.py)
 DEFAULT_L1 = 3e-3  # λ per unit of z measured in RMS ‖y‖ (train.py's loss), against a scale-free FVU
 
 
@@ -121,8 +122,9 @@ class Transcoder(nn.Module):
         dec = torch.randn(cfg.width, cfg.d_out, generator=generator)
         dec = dec / dec.norm(dim=1, keepdim=True)
         self.W_dec = nn.Parameter(dec)
-        # encoder starts as the decoder's transpose, scaled (sparsify's and Anthropic's initialisation)
-        enc = torch.randn(cfg.d_in, cfg.width, generator=generator) / math.sqrt(cfg.d_in) * 0.1
+        # an independent random encoder with columns of norm about ENCODER_INIT_NORM; training replaces
+        # both with directions of the data for topk (Trainer.initialise_from_data)
+        enc = torch.randn(cfg.d_in, cfg.width, generator=generator) / math.sqrt(cfg.d_in) * ENCODER_INIT_NORM
         self.W_enc = nn.Parameter(enc)
         self.b_enc = nn.Parameter(torch.zeros(cfg.width))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_out))

@@ -20,7 +20,7 @@ from workbench.models import ModelHandle
 from workbench.results import Provenance, Result, register_result
 from workbench.settings import Settings
 from workbench.transcoders import defaults
-from workbench.transcoders.data import mlp_hooks, model_pairs, store_pairs
+from workbench.transcoders.data import Batch, mlp_hooks, model_pairs, store_pairs
 from workbench.transcoders.defaults import WIDTH_PER_D_MODEL, default_layer
 from workbench.transcoders.model import Transcoder, TranscoderConfig
 from workbench.transcoders.saelens import load_saelens, save_saelens
@@ -130,6 +130,7 @@ def train_transcoder(
     windows_per_forward: int = 8,
     progress: bool = True,
     on_start: Callable[[], None] | None = None,
+    comm=None,
 ) -> tuple[Transcoder, TranscoderTraining]:
     """Train (or resume) a transcoder on `settings.layer` of `handle`; weights land in `out`.
 
@@ -137,7 +138,12 @@ def train_transcoder(
     model, or from a paired capture `store`; `windows_per_forward` windows go through the model at once.
     `on_start` is called once every check has passed, just before training (the run folder's begin).
     SIGINT/SIGTERM during training save a checkpoint and raise TrainingInterrupted (see train.py).
+
+    `comm` (`workbench.scale.ddp`): this is one of `comm.world` DDP processes. Each takes its share of
+    every global batch of `settings.train.batch_size` tokens (from the model: every world-th window, in
+    its own shuffle buffer; from a store: its rows of the same shuffled batches); process 0 writes.
     """
+    world, rank = (comm.world, comm.rank) if comm is not None else (1, 0)
     arch, skip = settings.arch, settings.skip
     if handle.facts.moe:
         raise WorkbenchError(f"{handle.name} routes its MLPs to experts; transcoders need a dense MLP layer.")
@@ -160,7 +166,18 @@ def train_transcoder(
         hook_out=hook_out,
     )
     tc = Transcoder(cfg, seed=train.seed)
-    trainer = Trainer(tc, train, out)
+    if world > 1:
+        from workbench.transcoders.distributed import DistributedTrainer
+
+        if train.batch_size % world:
+            raise WorkbenchError(
+                f"--batch-tokens {train.batch_size} does not split into {world} equal shares; give a "
+                f"multiple of --nproc {world}."
+            )
+        trainer = DistributedTrainer(tc, train, out, comm)
+    else:
+        trainer = Trainer(tc, train, out)
+    share = train.batch_size // world  # tokens of each global batch this process trains on
     checkpoint = out / CHECKPOINT
     if resume:
         if not (checkpoint / "state.json").is_file():
@@ -178,26 +195,38 @@ def train_transcoder(
         batches = store_pairs(
             store, hook_in, hook_out, train.batch_size, train.seed, start=trainer.state.cursor
         )
+        if world > 1:  # every process reads the same global batches and keeps its own rows
+            batches = (
+                Batch(
+                    b.x[rank * share : (rank + 1) * share], b.y[rank * share : (rank + 1) * share], b.cursor
+                )
+                for b in batches
+            )
         source = f"store {store}"
     else:
         if windows is None:
             raise WorkbenchError("Give token windows or a store to train from.")
+        buffer = min(65536, max(2 * train.batch_size, train.tokens // 4))
         batches = model_pairs(
             handle,
-            windows,
+            windows if world == 1 else windows.every(world, rank),
             layer,
-            train.batch_size,
-            buffer_tokens=min(65536, max(2 * train.batch_size, train.tokens // 4)),
+            share,
+            buffer_tokens=buffer if world == 1 else max(2 * share, buffer // world),
             windows_per_forward=windows_per_forward,
-            seed=train.seed,
+            seed=train.seed if world == 1 else train.seed * world + rank,
             start=trainer.state.cursor,
+            cache=train.tokens > windows.n_tokens,  # more than one pass: keep the pairs when they fit
         )
         source = "model, on the fly through a shuffle buffer"
+    if world > 1:
+        source += f"; {world} DDP processes, {share} tokens of each batch apiece"
     if on_start is not None:
         on_start()
-    state = trainer.run(batches, progress=progress)
-    save_transcoder(tc, out / "transcoder")
-    save_saelens(tc, out / "saelens")
+    state = trainer.run(batches, progress=progress and rank == 0)
+    if rank == 0:
+        save_transcoder(tc, out / "transcoder")
+        save_saelens(tc, out / "saelens")
     data = windows.slice_info if windows is not None and store is None else {"store": str(store)}
     tokens = {"tokens_requested": train.tokens, "tokens_trained": state.tokens}
     tokens |= {"tokens_note": tokens_note(train.tokens, train.batch_size)}
@@ -205,7 +234,9 @@ def train_transcoder(
         model=handle.facts.to_dict(),
         data=data,
         definition=DEFINITION,
-        settings={"transcoder": cfg.to_dict(), "train": train.__dict__, "learning_rate": trainer.lr} | tokens,
+        settings={"transcoder": cfg.to_dict(), "train": train.__dict__, "learning_rate": trainer.lr}
+        | tokens
+        | ({"processes": world} if world > 1 else {}),
         seed=train.seed,
     )
     record = TranscoderTraining(

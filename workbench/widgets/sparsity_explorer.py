@@ -27,6 +27,7 @@ from workbench.corpus import TokenWindows, check_context
 from workbench.errors import WorkbenchError
 from workbench.models import ModelHandle
 from workbench.neurons import NeuronHooks, neuron_hooks, output_weights
+from workbench.probes.sinks import Additive
 from workbench.replay.edits import Edit, Threshold, TopK, parse_edits
 from workbench.replay.session import ReplaySession
 from workbench.results import Provenance
@@ -99,9 +100,12 @@ def windows_of(handle: ModelHandle, source: Any) -> TokenWindows:
     )
 
 
-class ActivationCache:
+class ActivationCache(Additive):
     """A capture reducer that keeps, for every token and layer, the neuron activations a (float32) and
-    whether the pre-activation is > 0 (all the definitions read), plus each token's domain."""
+    whether the pre-activation is > 0 (all the definitions read), plus each token's domain (merging
+    appends another cache's tokens after these)."""
+
+    additive = ("_post", "_pre", "_domain")
 
     def __init__(self, hooks: list[NeuronHooks]) -> None:
         self.hooks = hooks

@@ -1,0 +1,82 @@
+"""The training data path: the plain Hugging Face modules give the bridge's hook activations, cached
+pairs equal recomputed ones, training windows follow the seed; the benchmark's dead ratio."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from workbench.bench.transcoder import dead_ratio
+from workbench.models import load_model
+from workbench.transcoders.data import mlp_pairs_of, model_pairs
+from workbench.transcoders.direct import DirectPairs
+from workbench.transcoders.run import training_windows
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_direct_pairs_equal_the_bridge_hooks(checkpoints, kind):
+    handle = load_model(str(checkpoints[kind]), device="cpu", progress=False)
+    tokens = torch.randint(0, handle.facts.d_vocab, (3, 16), generator=torch.Generator().manual_seed(0))
+    for layer in range(handle.facts.n_layers):
+        x, y = DirectPairs(handle, layer)(tokens)
+        x_ref, y_ref = mlp_pairs_of(handle, layer, tokens)  # blocks.L.mlp.hook_in / hook_out
+        assert x.shape == x_ref.shape == (48, handle.facts.d_model) and y.shape == y_ref.shape
+        for ours, ref in ((x, x_ref), (y, y_ref)):
+            assert ref.abs().max() > 1e-3  # a comparison of real activations, not of zeros
+            assert (ours - ref).norm() <= 1e-6 * ref.norm(), (layer, (ours - ref).abs().max())
+            assert (ours - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+
+def test_direct_pairs_share_the_model_weights(gpt2_handle):
+    direct = DirectPairs(gpt2_handle, 0)
+    ours = {p.data_ptr() for p in direct.base.parameters()}
+    theirs = {p.data_ptr() for p in gpt2_handle.model.parameters()}
+    assert ours <= theirs  # nothing copied: the truncated model reads the bridge's tensors
+    assert len(direct.base.h if hasattr(direct.base, "h") else direct.base.layers) == 1  # stops at the layer
+
+
+def test_training_windows_are_shuffled_by_the_seed(gpt2_handle):
+    orders = [training_windows(gpt2_handle, corpus="pydocs", context=32, seed=s).tokens for s in (0, 0, 1)]
+    assert torch.equal(orders[0], orders[1])  # the same seed, the same order
+    assert not torch.equal(orders[0], orders[2])  # another seed, another order
+    assert torch.equal(orders[0].sort(0).values, orders[2].sort(0).values) or (
+        sorted(map(tuple, orders[0].tolist())) == sorted(map(tuple, orders[2].tolist()))
+    )  # the same windows, each once
+    for seed in (0, 1):  # with either seed, the first batch mixes both domains
+        windows = training_windows(gpt2_handle, corpus="pydocs", context=32, seed=seed)
+        first = next(model_pairs(gpt2_handle, windows, 0, batch_size=64, buffer_tokens=64 * 32, seed=seed))
+        domains = windows.domain[: first.cursor].flatten().long()
+        assert set(domains.tolist()) == set(range(len(windows.domains)))
+
+
+def test_cached_pairs_equal_recomputed_ones_and_skip_the_model(gpt2_handle, monkeypatch):
+    windows = training_windows(gpt2_handle, corpus="pydocs", context=32, seed=0)
+    windows = windows.select(32 * 24, seed=0)  # 24 windows: three passes below
+    calls = {"n": 0}
+    forward = DirectPairs.__call__
+
+    def counted(self, tokens):
+        calls["n"] += 1
+        return forward(self, tokens)
+
+    monkeypatch.setattr(DirectPairs, "__call__", counted)
+    steps = 3 * windows.n_tokens // 64
+    runs = {}
+    for cache in (False, True):
+        calls["n"] = 0
+        batches = model_pairs(
+            gpt2_handle, windows, 0, 64, buffer_tokens=256, windows_per_forward=4, cache=cache
+        )
+        runs[cache] = [next(batches) for _ in range(steps)]
+        runs[f"calls {cache}"] = calls["n"]
+    assert runs["calls True"] == 24 // 4  # one pass through the model, then the cache
+    assert runs["calls False"] > 2 * runs["calls True"]
+    for a, b in zip(runs[False], runs[True], strict=True):
+        assert a.cursor == b.cursor
+        assert torch.allclose(a.x, b.x, atol=1e-6) and torch.allclose(a.y, b.y, atol=1e-6)
+
+
+def test_dead_ratio_of_the_benchmark():
+    assert dead_ratio(0.05, 0.1) == 0.5
+    assert dead_ratio(0.0, 0.0) == 1.0
+    assert dead_ratio(0.1, 0.0) > 1
