@@ -33,7 +33,8 @@ VOLATILE = re.compile(
     r"tokens_per_second|speed\w*|elapsed\w*|wall\w*)$"
 )
 REL_TOL = 1e-9  # on the recording machine
-CROSS_MACHINE = {"default": (1e-6, 1e-12), "transcoder_eval": (1e-4, 1e-12), "moefy": (1e-6, 0.03)}  # (rel, abs)
+# elsewhere, (relative, absolute) tolerances
+CROSS_MACHINE = {"default": (1e-6, 1e-12), "transcoder_eval": (1e-4, 1e-12), "moefy": (1e-6, 0.03)}
 
 COMMANDS = {
     "evaluate": ["evaluate", "--model", "tiny-relu", "--tokens", "2048"],
@@ -94,7 +95,8 @@ def machine() -> dict:
             key, _, value = line.partition(":")
             if key.strip() in ("model name", "flags") and key.strip() not in cpu:
                 cpu[key.strip()] = value.strip()
-    return {"machine": platform.machine(), **cpu, "torch": torch.__version__, "threads": torch.get_num_threads()}
+    threads = torch.get_num_threads()
+    return {"machine": platform.machine(), **cpu, "torch": torch.__version__, "threads": threads}
 
 
 def tolerance(name: str) -> tuple[float, float]:

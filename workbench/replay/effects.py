@@ -57,8 +57,8 @@ def effects(engine: ReplayEngine, edited: Replayed, chosen: list[int] | None = N
     with torch.inference_mode():
         base_lp = engine.base_logprobs
         edit_lp = torch.log_softmax(edited.trace.logits.float(), dim=-1)
-        kl = kl_per_token(base_lp, edit_lp)
-        agree = base_lp.argmax(-1) == edit_lp.argmax(-1)
+        kl = (engine.base_probs * (base_lp - edit_lp)).sum(-1).clamp_min(0.0)  # kl_per_token, p_b cached
+        agree = engine.base_top1 == edit_lp.argmax(-1)
         diff = None
         if chosen:
             ids = torch.tensor(chosen, device=base_lp.device)

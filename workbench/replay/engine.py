@@ -93,6 +93,9 @@ class ReplayEngine:
         if not self.stack.verified:
             self._verify()
         self.base_logprobs = torch.log_softmax(self.base.logits.float(), dim=-1)
+        # what every comparison with the unedited run needs, computed once (effects.py)
+        self.base_probs = self.base_logprobs.exp()
+        self.base_top1 = self.base_logprobs.argmax(-1)
 
     def _verify(self) -> None:
         """Once per stack: its unedited logits must match the model's own forward (first sequence)."""

@@ -115,6 +115,7 @@ class ReplaySession:
         self.data = data or {"tokens": int(self.engine.tokens.numel())}
         self._base_continuations: dict[tuple[int, int], torch.Tensor] = {}  # (row, n) -> tokens
         self._token_texts: dict[int, str] = {}
+        self._base_top: tuple[int, list] = (0, [])  # (k, the unedited run's top k per first-row position)
 
     @classmethod
     def from_text(
@@ -163,13 +164,10 @@ class ReplaySession:
             for i, t in enumerate(first_row)
         ]
         if top_k > 0:
-            edited = torch.softmax(replayed.trace.logits[0].float(), dim=-1)
-            for row, base, new in zip(
-                per_token,
-                self._top(self.engine.base_logprobs[0].exp(), top_k),
-                self._top(edited, top_k),
-                strict=True,
-            ):
+            if self._base_top[0] != top_k:  # the unedited run's top k does not change between edits
+                self._base_top = (top_k, self._top(self.engine.base_logprobs[0], top_k))
+            edited = torch.log_softmax(replayed.trace.logits[0].float(), dim=-1)
+            for row, base, new in zip(per_token, self._base_top[1], self._top(edited, top_k), strict=True):
                 row["top_base"], row["top_edited"] = base, new
         provenance = Provenance(
             model=self.handle.facts.to_dict(),
@@ -207,9 +205,11 @@ class ReplaySession:
             text = self._token_texts[token] = self.handle.tokenizer.decode([token])
         return text
 
-    def _top(self, probs: torch.Tensor, k: int) -> list[list[list]]:
-        """[T, V] probabilities -> per position the k most likely [token text, probability] pairs."""
-        values, ids = probs.topk(k, dim=-1)
+    def _top(self, logprobs: torch.Tensor, k: int) -> list[list[list]]:
+        """[T, V] log-probabilities -> per position the k most likely [token text, probability] pairs
+        (exp of the k values only, not of the whole vocabulary)."""
+        values, ids = logprobs.topk(k, dim=-1)
+        values = values.exp()
         return [
             [[self.token_text(t), round(p, 5)] for t, p in zip(row_ids, row_p, strict=True)]
             for row_ids, row_p in zip(ids.tolist(), values.tolist(), strict=True)
