@@ -183,26 +183,30 @@ class TokenWindows:
 
     def every(self, step: int, first: int) -> TokenWindows:
         """Windows first, first + step, first + 2·step, ...: one process's share of N (`offset` unused)."""
-        return self.rows(slice(first, None, step), self.slice_info | {"share": f"windows {first}::{step}"})
-
-    def part(self, start: int, stop: int) -> TokenWindows:
-        """Windows start..stop; their batches keep the window indices of the whole (`offset`), so a
-        part's capture carries the whole's metadata."""
-        return self.rows(slice(start, stop), self.slice_info, self.offset + start)
-
-    def rows(self, rows: slice | torch.Tensor, slice_info: dict[str, Any], offset: int = 0) -> TokenWindows:
-        """The windows at `rows`, in their own memory (a slice is copied, so that a part travels alone
-        to a worker; an index tensor copies already)."""
-        take = (lambda t: t[rows].clone()) if isinstance(rows, slice) else (lambda t: t[rows])
+        rows = slice(first, None, step)
         return TokenWindows(
-            take(self.tokens),
-            take(self.doc),
-            take(self.domain),
-            take(self.position),
+            self.tokens[rows].clone(),
+            self.doc[rows].clone(),
+            self.domain[rows].clone(),
+            self.position[rows].clone(),
             self.doc_ids,
             self.domains,
-            slice_info,
-            offset,
+            self.slice_info | {"share": f"windows {first}::{step}"},
+        )
+
+    def part(self, start: int, stop: int) -> TokenWindows:
+        """Windows start..stop (a copy, so that it travels alone to a worker); their batches keep the
+        window indices of the whole (`offset`), so a part's capture carries the whole's metadata."""
+        rows = slice(start, stop)
+        return TokenWindows(
+            self.tokens[rows].clone(),
+            self.doc[rows].clone(),
+            self.domain[rows].clone(),
+            self.position[rows].clone(),
+            self.doc_ids,
+            self.domains,
+            self.slice_info,
+            self.offset + start,
         )
 
     def select(self, n_tokens: int | None, seed: int = 0) -> TokenWindows:
@@ -222,7 +226,15 @@ class TokenWindows:
             "windows_available": total,
             "tokens": n * self.context,
         }
-        return self.rows(order, info)
+        return TokenWindows(
+            self.tokens[order],
+            self.doc[order],
+            self.domain[order],
+            self.position[order],
+            self.doc_ids,
+            self.domains,
+            info,
+        )
 
 
 def make_windows(
