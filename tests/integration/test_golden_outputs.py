@@ -9,7 +9,8 @@ Volatile fields (dates, timings, package versions, paths, the command line) are 
 On the machine that recorded them (tests/golden/machine.json: CPU model and flags, torch, threads) the
 figures must agree to 1e-9. Another CPU's float32 kernels round differently, and that is not a change of
 ours: between two machines the forward figures moved by up to 3.7e-7 relative, a transcoder trained for
-16 steps by 2.8e-6, and moefy's clustering put a few neurons in another expert (NMI 0.070 → 0.079,
+16 steps by 2.8e-6 between two Intel Xeons and by 4.6e-4 (its CE recovered, a ratio over a 0.16-nat
+difference) on an AMD EPYC, and moefy's clustering put a few neurons in another expert (NMI 0.070 → 0.079,
 router recall 0.855 → 0.854). Elsewhere the comparison therefore uses CROSS_MACHINE's tolerances.
 """
 
@@ -34,7 +35,7 @@ VOLATILE = re.compile(
 )
 REL_TOL = 1e-9  # on the recording machine
 # elsewhere, (relative, absolute) tolerances
-CROSS_MACHINE = {"default": (1e-6, 1e-12), "transcoder_eval": (1e-4, 1e-12), "moefy": (1e-6, 0.03)}
+CROSS_MACHINE = {"default": (1e-6, 1e-12), "transcoder_eval": (2e-3, 1e-12), "moefy": (1e-6, 0.03)}
 
 COMMANDS = {
     "evaluate": ["evaluate", "--model", "tiny-relu", "--tokens", "2048"],

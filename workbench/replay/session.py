@@ -155,7 +155,7 @@ class ReplaySession:
         """
         parsed, plan = self.plan(edits)
         replayed = self.engine.replay(plan, cancelled)
-        fx = effects(self.engine, replayed, chosen)
+        fx = effects(self.engine, replayed, chosen, top_k)
         summary = fx.summary()
         first_row = self.engine.tokens[0].tolist()
         ce_delta = (fx.ce_edited[0].double() - fx.ce_base[0].double()).tolist() + [None]
@@ -166,8 +166,8 @@ class ReplaySession:
         if top_k > 0:
             if self._base_top[0] != top_k:  # the unedited run's top k does not change between edits
                 self._base_top = (top_k, self._top(self.engine.base_logprobs[0], top_k))
-            edited = torch.log_softmax(replayed.trace.logits[0].float(), dim=-1)
-            for row, base, new in zip(per_token, self._base_top[1], self._top(edited, top_k), strict=True):
+            edited = self._texts(*(t[0] for t in fx.top_edited))
+            for row, base, new in zip(per_token, self._base_top[1], edited, strict=True):
                 row["top_base"], row["top_edited"] = base, new
         provenance = Provenance(
             model=self.handle.facts.to_dict(),
@@ -206,9 +206,12 @@ class ReplaySession:
         return text
 
     def _top(self, logprobs: torch.Tensor, k: int) -> list[list[list]]:
-        """[T, V] log-probabilities -> per position the k most likely [token text, probability] pairs
+        """[T, V] log-probabilities -> per position the k most likely [token text, probability] pairs."""
+        return self._texts(*logprobs.topk(k, dim=-1))
+
+    def _texts(self, values: torch.Tensor, ids: torch.Tensor) -> list[list[list]]:
+        """[T, k] top-k log-probabilities and token ids -> per position [token text, probability] pairs
         (exp of the k values only, not of the whole vocabulary)."""
-        values, ids = logprobs.topk(k, dim=-1)
         values = values.exp()
         return [
             [[self.token_text(t), round(p, 5)] for t, p in zip(row_ids, row_p, strict=True)]
