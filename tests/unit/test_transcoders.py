@@ -91,6 +91,48 @@ def test_topk_starts_from_the_data_and_trains_on_the_batches_it_read():
     assert torch.equal(relu.W_enc.detach(), relu_start)
 
 
+def test_topk_resampling_revives_dead_features_outside_the_decay_phase():
+    """auxk+resample: features whose encoder column is zero never fire (pre-activation 0); at step 10
+    they are re-pointed at badly reconstructed inputs (centred, at the live columns' mean norm) and
+    fire again; no resampling happens in the decay phase (the last fifth), nor with plain auxk."""
+    cfg = TranscoderConfig(16, 16, 64, "topk", k=4)
+    train = TrainConfig(
+        tokens=256 * 50,
+        batch_size=256,
+        lr=1e-2,
+        warmup_steps=5,
+        remedy="auxk+resample",
+        resample_every=10,
+        dead_tokens=256 * 4,
+        init="random",
+    )
+    assert [s for s in range(1, 51) if train.resamples_at(cfg, s)] == [10, 20, 30]  # decay from step 40
+    assert not any(
+        TrainConfig(tokens=256 * 50, batch_size=256, resample_every=10).resamples_at(cfg, s)
+        for s in range(1, 51)
+    )
+    tc = Transcoder(cfg, seed=0)
+    with torch.no_grad():
+        tc.W_enc[:, :8] = 0
+    trainer = Trainer(tc, train)
+    resampled: list[tuple[int, list[int]]] = []
+    original = trainer.resample
+    trainer.resample = lambda x, y, y_hat, dead: (
+        resampled.append((trainer.state.step, dead.nonzero().squeeze(1).tolist())),
+        original(x, y, y_hat, dead),
+    )
+    stream = _stream()
+    for _ in range(10):
+        trainer.step(next(stream))
+    assert resampled and resampled[0][0] == 10 and set(range(8)) <= set(resampled[0][1])
+    assert (tc.W_enc.detach()[:, :8].norm(dim=0) > 0).all()
+    at_resample = trainer.state.tokens
+    for _ in range(10):
+        trainer.step(next(stream))
+    assert (trainer.last_fired[:8] > at_resample).sum() >= 6  # they fire again
+    assert all(step < 40 for step, _ in resampled)
+
+
 def test_checkpoint_and_resume_match_an_uninterrupted_run(tmp_path):
     cfg = TranscoderConfig(16, 16, 64, "topk", k=4)
     train = TrainConfig(

@@ -62,9 +62,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--remedy",
-        choices=["auxk", "resample", "none"],
+        choices=["auxk", "resample", "auxk+resample", "none"],
         help="for dead features: auxk, an auxiliary loss on the top dead features (topk only); resample, "
-        "re-initialise them (relu only); or none (default: auxk for topk, resample for relu)",
+        "re-initialise them towards badly reconstructed inputs every --resample-every steps; "
+        "auxk+resample, both (topk); or none (default: auxk for topk, resample for relu)",
+    )
+    g.add_argument(
+        "--resample-every",
+        type=positive_int,
+        default=defaults.RESAMPLE_EVERY,
+        help="steps between re-initialisations of dead features with the resample remedies",
     )
     g.add_argument(
         "--init",
@@ -141,6 +148,7 @@ def _settings(args: argparse.Namespace):
         lr=args.lr,
         dead_tokens=args.dead_tokens,
         remedy=args.remedy,
+        resample_every=args.resample_every,
         init=args.init,
         checkpoint_every=args.checkpoint_every,
         seed=args.seed,

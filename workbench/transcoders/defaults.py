@@ -9,6 +9,7 @@ from __future__ import annotations
 TRAIN_TOKENS = 2_000_000  # training tokens (TrainConfig.tokens)
 BATCH_TOKENS = 1024  # tokens per optimiser step (TrainConfig.batch_size)
 DEAD_TOKENS = 500_000  # a feature is dead after this many tokens without firing (TrainConfig.dead_tokens)
+RESAMPLE_EVERY = 500  # steps between re-initialisations of dead features (resample remedies)
 CHECKPOINT_EVERY = 200  # optimiser steps between checkpoints (TrainConfig.checkpoint_every)
 ARCH = "topk"  # topk keeps the K largest features per token; relu trains with an L1 penalty
 K = 32  # topk: features kept per token

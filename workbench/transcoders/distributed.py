@@ -77,7 +77,7 @@ class DistributedTrainer(Trainer):
             self.initialise_biases(x, y)
         dead = self.dead()
         n_dead = int(dead.sum())
-        use_aux = tc.cfg.arch == "topk" and cfg.dead_remedy(tc.cfg) == "auxk" and n_dead > 0
+        use_aux = cfg.uses_auxk(tc.cfg) and n_dead > 0
         aux_rows = max(1, int(len(x) * cfg.auxk_fraction)) if use_aux else 0
         k_aux = min(n_dead, tc.cfg.d_out // 2) if use_aux else 0
         y_hat, encoded, aux = (
@@ -112,8 +112,7 @@ class DistributedTrainer(Trainer):
         self.state.step += 1
         self.state.cursor = batch.cursor
         self.state.last_loss, self.state.last_fvu, self.state.last_l0 = loss.item(), recon.item(), l0.item()
-        resample = tc.cfg.arch == "relu" and cfg.dead_remedy(tc.cfg) == "resample"
-        if resample and self.state.step % cfg.resample_every == 0 and dead.any():
+        if cfg.resamples_at(tc.cfg, self.state.step) and dead.any():
             whole = [comm.all_gather(t.detach()) for t in (x, y, out.y_hat)]  # every process alike
             self.resample(*whole, dead)
 

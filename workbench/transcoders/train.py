@@ -35,7 +35,13 @@ from safetensors.torch import load_file, save_file
 from workbench.errors import WorkbenchError
 from workbench.progress import Bar
 from workbench.transcoders.data import Batch
-from workbench.transcoders.defaults import BATCH_TOKENS, CHECKPOINT_EVERY, DEAD_TOKENS, TRAIN_TOKENS
+from workbench.transcoders.defaults import (
+    BATCH_TOKENS,
+    CHECKPOINT_EVERY,
+    DEAD_TOKENS,
+    RESAMPLE_EVERY,
+    TRAIN_TOKENS,
+)
 from workbench.transcoders.model import ENCODER_INIT_NORM, Transcoder, TranscoderConfig, TranscoderOutput
 
 CHECKPOINT = "checkpoint"
@@ -50,11 +56,11 @@ class TrainConfig:
     warmup_steps: int = 50
     decay_fraction: float = 0.2  # linear decay to zero over the last fifth of the steps
     dead_tokens: int = DEAD_TOKENS
-    remedy: str | None = None  # auxk (topk default), resample (relu default) or none
+    remedy: str | None = None  # auxk (topk default), resample (relu default), auxk+resample (topk) or none
     init: str | None = None  # data (topk default) or random (relu default): see Trainer.initialise_from_data
     auxk_alpha: float = 1 / 32
     auxk_fraction: float = 0.25  # share of each batch's tokens the AuxK loss looks at (ours, for speed)
-    resample_every: int = 500
+    resample_every: int = RESAMPLE_EVERY
     checkpoint_every: int = CHECKPOINT_EVERY
     seed: int = 0
 
@@ -65,6 +71,16 @@ class TrainConfig:
 
     def dead_remedy(self, tc: TranscoderConfig) -> str:
         return self.remedy or ("auxk" if tc.arch == "topk" else "resample")
+
+    def uses_auxk(self, tc: TranscoderConfig) -> bool:
+        return tc.arch == "topk" and self.dead_remedy(tc) in ("auxk", "auxk+resample")
+
+    def resamples_at(self, tc: TranscoderConfig, step: int) -> bool:
+        """Whether dead features are re-initialised after `step` steps: every resample_every steps with
+        the resample remedies; for topk not in the decay phase, which leaves too little training for them."""
+        if self.dead_remedy(tc) not in ("resample", "auxk+resample") or step % self.resample_every:
+            return False
+        return tc.arch == "relu" or step < self.steps * (1 - self.decay_fraction)
 
     def initialisation(self, tc: TranscoderConfig) -> str:
         return self.init or ("data" if tc.arch == "topk" else "random")
@@ -168,7 +184,7 @@ class Trainer:
             self.initialise_biases(x, y)
         dead = self.dead()
         n_dead = int(dead.sum())
-        use_aux = tc.cfg.arch == "topk" and cfg.dead_remedy(tc.cfg) == "auxk" and n_dead > 0
+        use_aux = cfg.uses_auxk(tc.cfg) and n_dead > 0
         if use_aux:
             aux_rows = max(1, int(len(x) * cfg.auxk_fraction))  # batches are shuffled: a random subset
             encoded, aux = tc.encode_with_aux(x, dead, min(n_dead, tc.cfg.d_out // 2), aux_rows)
@@ -196,8 +212,7 @@ class Trainer:
         self.state.step += 1
         self.state.cursor = batch.cursor
         self.state.last_loss, self.state.last_fvu, self.state.last_l0 = loss.item(), recon.item(), l0
-        resample = tc.cfg.arch == "relu" and cfg.dead_remedy(tc.cfg) == "resample"
-        if resample and self.state.step % cfg.resample_every == 0 and dead.any():
+        if cfg.resamples_at(tc.cfg, self.state.step) and dead.any():
             self.resample(x, y, out.y_hat.detach(), dead)
 
     def initialise(self, batches: Iterator[Batch]) -> Iterator[Batch]:
@@ -237,7 +252,12 @@ class Trainer:
 
     @torch.no_grad()
     def resample(self, x: torch.Tensor, y: torch.Tensor, y_hat: torch.Tensor, dead: torch.Tensor) -> None:
-        """Point dead features at badly reconstructed inputs (Anthropic's resampling, simplified)."""
+        """Point dead features at badly reconstructed inputs (Anthropic's resampling, simplified).
+
+        Each dead feature's decoder row becomes the unit residual y − ŷ of an input drawn with probability
+        ∝ its squared error. relu: the encoder column is that input's unit direction × 0.2 × the mean
+        norm of the live columns, bias 0. topk: as the data start, the unit direction of the centred input
+        at the live columns' mean norm, with the bias that centres it, so it can enter the top k."""
         tc = self.tc
         idx = dead.nonzero().squeeze(1)
         err = (y - y_hat).pow(2).sum(-1)
@@ -246,9 +266,15 @@ class Trainer:
         alive_norm = tc.W_enc[:, ~dead].norm(dim=0).mean() if (~dead).any() else torch.tensor(1.0)
         residual = y[picks] - y_hat[picks]
         tc.W_dec[idx] = residual / residual.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-        inputs = x[picks] / x[picks].norm(dim=-1, keepdim=True).clamp_min(1e-8)
-        tc.W_enc[:, idx] = inputs.T * alive_norm * 0.2
-        tc.b_enc[idx] = 0
+        if tc.cfg.arch == "topk":
+            mean = x.mean(0)
+            centred = x[picks] - mean
+            tc.W_enc[:, idx] = (centred / centred.norm(dim=-1, keepdim=True).clamp_min(1e-8)).T * alive_norm
+            tc.b_enc[idx] = -(mean @ tc.W_enc[:, idx])
+        else:
+            inputs = x[picks] / x[picks].norm(dim=-1, keepdim=True).clamp_min(1e-8)
+            tc.W_enc[:, idx] = inputs.T * alive_norm * 0.2
+            tc.b_enc[idx] = 0
         for p in (tc.W_enc, tc.b_enc, tc.W_dec):  # forget Adam's moments of the re-initialised entries
             for moment in self.optimiser.state.get(p, {}).values():
                 if isinstance(moment, torch.Tensor) and moment.shape == p.shape:
