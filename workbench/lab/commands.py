@@ -364,7 +364,15 @@ def whitelist(models: list[str], corpora: list[str]) -> dict[str, CommandSpec]:
                     "choice",
                     "for dead features (empty: auxk for topk, resample for relu)",
                     None,
-                    ("auxk", "resample", "none"),
+                    ("auxk", "resample", "auxk+resample", "none"),
+                ),
+                Field(
+                    "resample_every",
+                    "int",
+                    "steps between re-initialisations of dead features (resample remedies)",
+                    transcoder.RESAMPLE_EVERY,
+                    min=1,
+                    max=BIG,
                 ),
                 Field(
                     "checkpoint_every",
