@@ -65,7 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["auxk", "resample", "auxk+resample", "none"],
         help="for dead features: auxk, an auxiliary loss on the top dead features (topk only); resample, "
         "re-initialise them towards badly reconstructed inputs every --resample-every steps; "
-        "auxk+resample, both (topk); or none (default: auxk for topk, resample for relu)",
+        "auxk+resample, both (topk); or none (default: none for topk from the data start, auxk for topk "
+        "from a random start, resample for relu)",
     )
     g.add_argument(
         "--resample-every",

@@ -362,7 +362,7 @@ def whitelist(models: list[str], corpora: list[str]) -> dict[str, CommandSpec]:
                 Field(
                     "remedy",
                     "choice",
-                    "for dead features (empty: auxk for topk, resample for relu)",
+                    "for dead features (empty: none for topk from data, auxk from random, resample for relu)",
                     None,
                     ("auxk", "resample", "auxk+resample", "none"),
                 ),
