@@ -58,9 +58,7 @@ class TrainConfig:
     warmup_steps: int = 50
     decay_fraction: float = 0.2  # linear decay to zero over the last fifth of the steps
     dead_tokens: int = DEAD_TOKENS
-    remedy: str | None = (
-        None  # none (topk default: the data start), resample (relu default), auxk, auxk+resample
-    )
+    remedy: str | None = None  # none (topk from data), auxk, resample (relu), auxk+resample
     init: str | None = None  # data (topk default) or random (relu default): see Trainer.initialise_from_data
     auxk_alpha: float = 1 / 32
     auxk_fraction: float = 0.25  # share of each batch's tokens the AuxK loss looks at (ours, for speed)
@@ -160,6 +158,11 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return warm * decay
 
 
+def unit_rows(v: torch.Tensor) -> torch.Tensor:
+    """Each row scaled to norm 1 (a zero row stays zero)."""
+    return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+
+
 def fvu(y: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
     return (y - y_hat).pow(2).sum() / (y - y.mean(0)).pow(2).sum().clamp_min(1e-12)
 
@@ -252,8 +255,8 @@ class Trainer:
         n = min(len(x), self.tc.width)
         x, y = x[:n] - x[:n].mean(0), y[:n] - y[:n].mean(0)
         tc = self.tc
-        tc.W_enc[:, :n] = (x / x.norm(dim=1, keepdim=True).clamp_min(1e-8)).T * ENCODER_INIT_NORM
-        tc.W_dec[:n] = y / y.norm(dim=1, keepdim=True).clamp_min(1e-8)
+        tc.W_enc[:, :n] = unit_rows(x).T * ENCODER_INIT_NORM
+        tc.W_dec[:n] = unit_rows(y)
 
     @torch.no_grad()
     def initialise_biases(self, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -276,15 +279,13 @@ class Trainer:
         picks = torch.multinomial(err / err.sum(), len(idx), replacement=True, generator=generator)
         alive_norm = tc.W_enc[:, ~dead].norm(dim=0).mean() if (~dead).any() else torch.tensor(1.0)
         residual = y[picks] - y_hat[picks]
-        tc.W_dec[idx] = residual / residual.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        tc.W_dec[idx] = unit_rows(residual)
         if tc.cfg.arch == "topk":
             mean = x.mean(0)
-            centred = x[picks] - mean
-            tc.W_enc[:, idx] = (centred / centred.norm(dim=-1, keepdim=True).clamp_min(1e-8)).T * alive_norm
+            tc.W_enc[:, idx] = unit_rows(x[picks] - mean).T * alive_norm
             tc.b_enc[idx] = -(mean @ tc.W_enc[:, idx])
         else:
-            inputs = x[picks] / x[picks].norm(dim=-1, keepdim=True).clamp_min(1e-8)
-            tc.W_enc[:, idx] = inputs.T * alive_norm * 0.2
+            tc.W_enc[:, idx] = unit_rows(x[picks]).T * alive_norm * 0.2
             tc.b_enc[idx] = 0
         for p in (tc.W_enc, tc.b_enc, tc.W_dec):  # forget Adam's moments of the re-initialised entries
             for moment in self.optimiser.state.get(p, {}).values():
