@@ -1,7 +1,8 @@
 """Transcoder training with DDP over 2 gloo processes on the CPU (`workbench.scale.ddp.launch`).
 
 - On the same global batches (each process its half), 2 processes take the steps 1 process takes:
-  every weight equal to 2e-5 after 30 steps (float sums in another order; relu with resampling, topk).
+  every weight equal to 2e-5 after 30 steps (float sums in another order; relu with resampling, topk
+  with the lift remedy).
 - A 2-process run stopped after a checkpoint and resumed ends where an uninterrupted one does, and a
   checkpoint of 2 processes refuses to resume with 1.
 - `workbench transcoder train --nproc 2` on the model's own windows (each process its share of the
@@ -60,16 +61,16 @@ CONFIGS = {
         TranscoderConfig(D, D, 64, "relu"),
         dict(remedy="resample", resample_every=10, dead_tokens=BATCH * 3),
     ),
-    "topk": (TranscoderConfig(D, D, 64, "topk", k=4), dict(remedy="none")),
+    "topk": (TranscoderConfig(D, D, 64, "topk", k=4), dict(remedy="lift", init="random", dead_tokens=BATCH * 2)),
 }
 
 
 def make_transcoder(arch: str) -> Transcoder:
-    """Seeded; for relu, 8 features start with a zero encoder column: they never fire, so are resampled."""
+    """Seeded; 8 features start with a zero encoder column: they never fire, so relu resamples them and
+    topk lifts their biases."""
     tc = Transcoder(CONFIGS[arch][0], seed=0)
-    if arch == "relu":
-        with torch.no_grad():
-            tc.W_enc[:, :8] = 0
+    with torch.no_grad():
+        tc.W_enc[:, :8] = 0
     return tc
 
 
@@ -91,8 +92,9 @@ def ddp_run(comm, arch: str, out: str | None = None, stop_at: int | None = None,
 @pytest.mark.parametrize("arch", ["relu", "topk"])
 def test_two_processes_take_the_steps_of_one(arch):
     one = Trainer(make_transcoder(arch), train_config(CONFIGS[arch][1]))
-    resampled = []
+    resampled, lifted = [], []
     one.resample = lambda *a, f=one.resample: (resampled.append(one.state.step), f(*a))
+    one.lift = lambda *a, f=one.lift: (lifted.append(one.state.step), f(*a))
     one.run(stream(0, 1), progress=False)
     two = launch(2, ddp_run, (arch,))
     for name, value in one.tc.state_dict().items():
@@ -101,6 +103,7 @@ def test_two_processes_take_the_steps_of_one(arch):
         assert (a["step"], a["tokens"]) == (b["step"], b["tokens"])
         assert b["loss"] == pytest.approx(a["loss"], abs=1e-5) and b["l0"] == pytest.approx(a["l0"], abs=1e-4)
     assert resampled == ([10] if arch == "relu" else [])  # relu: the dead 8, from the global batch
+    assert bool(lifted) == (arch == "topk")  # topk: dead features lifted by the global batch's gaps
 
 
 def test_a_stopped_two_process_run_resumes_where_it_was(tmp_path):

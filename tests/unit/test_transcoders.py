@@ -66,8 +66,8 @@ def test_training_learns_a_sparse_map(arch):
 
 def test_topk_starts_from_the_data_and_trains_on_the_batches_it_read():
     """Feature i's encoder column and decoder row point at training pair i (centred over the pairs
-    read: the first ⌈width / batch⌉ batches); those batches are then trained on, none skipped; features
-    beyond the pairs read keep the random start; relu starts random."""
+    read: the first ⌈width / batch⌉ batches), the encoder at one fitted scale; those batches are then
+    trained on, none skipped; features beyond the pairs read keep the random start; relu starts random."""
     cfg = TranscoderConfig(16, 16, 600, "topk", k=6)
     tc = Transcoder(cfg, seed=0)
     random_start = tc.W_enc.detach().clone()
@@ -76,7 +76,9 @@ def test_topk_starts_from_the_data_and_trains_on_the_batches_it_read():
     first = [_synthetic(i) for i in range(3)]  # 600 features need 3 batches of 256
     x, y = torch.cat([b.x for b in first])[:600], torch.cat([b.y for b in first])[:600]
     x, y = x - x.mean(0), y - y.mean(0)
-    torch.testing.assert_close(tc.W_enc.detach().T, 0.1 * x / x.norm(dim=1, keepdim=True))
+    scale = tc.W_enc.detach().norm(dim=0)
+    torch.testing.assert_close(scale, torch.full((600,), float(scale[0])))
+    torch.testing.assert_close(tc.W_enc.detach().T, scale[0] * x / x.norm(dim=1, keepdim=True))
     torch.testing.assert_close(tc.W_dec.detach(), y / y.norm(dim=1, keepdim=True))
     seen = [next(stream).cursor for _ in range(4)]
     assert seen == [1, 2, 3, 4]  # the three batches read for the start, then the fourth
@@ -89,6 +91,76 @@ def test_topk_starts_from_the_data_and_trains_on_the_batches_it_read():
     relu_start = relu.W_enc.detach().clone()
     Trainer(relu, TrainConfig(tokens=256 * 10, batch_size=256)).initialise(_stream())
     assert torch.equal(relu.W_enc.detach(), relu_start)
+
+
+def test_the_fitted_encoder_scale_reconstructs_best_among_all_scales():
+    """Oracle: the data start's encoder scale gives the smallest reconstruction error on the pairs read of
+    any scale tried by brute force (a transcoder built at each scale, run forward), within the grid's step."""
+    from workbench.transcoders.train import fitted_scale
+
+    batch = _synthetic(0, batch=300)
+    x, y = batch.x - batch.x.mean(0), batch.y - batch.y.mean(0)
+    units = lambda v: v / v.norm(dim=1, keepdim=True)  # noqa: E731
+    fitted = fitted_scale(x, y, units(x).T, units(y), k=6)
+
+    def error(scale: float) -> float:
+        tc = Transcoder(TranscoderConfig(16, 16, 300, "topk", k=6))
+        with torch.no_grad():
+            tc.W_enc.copy_(units(x).T * scale)
+            tc.W_dec.copy_(units(y))
+            tc.b_enc.zero_(), tc.b_dec.zero_()
+            return float((y - tc(x).y_hat).pow(2).sum())
+
+    grid = torch.linspace(0.01, 2 * fitted, 400).tolist()
+    errors = [error(s) for s in grid]
+    best = grid[errors.index(min(errors))]
+    assert error(fitted) <= min(errors) * (1 + 1e-6)
+    assert abs(best - fitted) <= grid[1] - grid[0]
+
+
+def test_lift_puts_each_dead_feature_just_past_the_threshold_on_its_nearest_token():
+    """Oracle for the lift remedy: a dead feature's bias rises by its smallest gap to the k-th
+    pre-activation over the batch's tokens, so it beats the old threshold on exactly that token (alone,
+    it enters the top k there); live features are untouched. With the default remedy, features pushed
+    far below every threshold fire again after the dead window."""
+    torch.manual_seed(0)
+    tc = Transcoder(TranscoderConfig(16, 16, 64, "topk", k=4), seed=0)
+    x = torch.randn(128, 16)
+    with torch.no_grad():
+        tc.b_enc[:8] = -50.0
+    trainer = Trainer(tc, TrainConfig(tokens=256 * 40, batch_size=256, lr=1e-2, dead_tokens=256 * 3))
+    assert trainer.cfg.dead_remedy(tc.cfg) == "lift"
+    values, indices = tc.encode(x)
+    dead = torch.zeros(64, dtype=torch.bool)
+    dead[:8] = True
+    assert not torch.isin(indices, torch.arange(8)).any()  # silent on this batch
+    before = tc.b_enc.detach().clone()
+    threshold = values.min(-1).values.clamp_min(0)
+    pre = (x @ tc.W_enc + tc.b_enc).detach()
+    with torch.no_grad():
+        trainer.lift(x, values.detach(), dead)
+    after = tc.b_enc.detach()
+    assert torch.equal(after[8:], before[8:])
+    for f in range(8):
+        nearest = int((threshold - pre[:, f]).argmin())
+        new = pre[:, f] + (after[f] - before[f])
+        assert bool((new > threshold)[nearest]) and int((new > threshold).sum()) == 1
+        alone = Transcoder(tc.cfg)
+        with torch.no_grad():
+            alone.load_state_dict(tc.state_dict())
+            alone.b_enc[:8] = before[:8]
+            alone.b_enc[f] = after[f]
+        assert f in alone.encode(x[nearest : nearest + 1]).indices[0].tolist()
+
+    tc = Transcoder(TranscoderConfig(16, 16, 64, "topk", k=4), seed=0)
+    trainer = Trainer(tc, TrainConfig(tokens=256 * 40, batch_size=256, lr=1e-2, dead_tokens=256 * 3))
+    stream = trainer.initialise(_stream())
+    trainer.step(next(stream))
+    with torch.no_grad():
+        tc.b_enc[:8] -= 1e3
+    for _ in range(10):
+        trainer.step(next(stream))
+    assert (trainer.last_fired[:8] > 256 * 5).all()  # dead from step 2, lifted after step 4, fired
 
 
 def test_topk_resampling_revives_dead_features_outside_the_decay_phase():

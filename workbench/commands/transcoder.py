@@ -62,10 +62,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--remedy",
-        choices=["auxk", "resample", "auxk+resample", "none"],
-        help="for dead features: auxk, an auxiliary loss on the top dead features (topk only); resample, "
-        "re-initialise them towards badly reconstructed inputs every --resample-every steps; "
-        "auxk+resample, both (topk); or none (default: none for topk from the data start, auxk for topk "
+        choices=["lift", "auxk", "resample", "auxk+resample", "none"],
+        help="for dead features: lift, raise a dead feature's encoder bias until it enters the top k on "
+        "its nearest token (topk only); auxk, an auxiliary loss on the top dead features (topk only); "
+        "resample, re-initialise them towards badly reconstructed inputs every --resample-every steps; "
+        "auxk+resample, both (topk); or none (default: lift for topk from the data start, auxk for topk "
         "from a random start, resample for relu)",
     )
     g.add_argument(

@@ -362,9 +362,9 @@ def whitelist(models: list[str], corpora: list[str]) -> dict[str, CommandSpec]:
                 Field(
                     "remedy",
                     "choice",
-                    "for dead features (empty: none for topk from data, auxk from random, resample for relu)",
+                    "for dead features (empty: lift for topk from data, auxk from random, resample for relu)",
                     None,
-                    ("auxk", "resample", "auxk+resample", "none"),
+                    ("lift", "auxk", "resample", "auxk+resample", "none"),
                 ),
                 Field(
                     "resample_every",

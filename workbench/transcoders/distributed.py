@@ -6,7 +6,8 @@ each process's own squared error, its denominator (the spread of y over the glob
 all-reduced, and so are the L1 term's scale, the biases' initial means, which features fired, L0 and
 the logged losses. Each process back-propagates N × its share, so DDP's gradient average is the
 gradient of the global loss: every process takes the step one process takes on the same global batch
-and the replicas stay identical. Relu's resampling gathers the global batch and runs alike everywhere.
+and the replicas stay identical. Relu's resampling gathers the global batch and runs alike everywhere;
+the lift remedy takes each dead feature's smallest gap over the global batch.
 
 Checkpoints are written by process 0 with every process's data cursor (`TrainState.cursors`) and
 resume with the same number of processes. A stop signal is agreed on (all-reduced) before each step,
@@ -101,6 +102,8 @@ class DistributedTrainer(Trainer):
         tc.remove_parallel_grad()
         self.optimiser.step()
         tc.normalise_decoder()
+        if n_dead and cfg.lifts(tc.cfg):
+            self.lift(x, values.detach(), dead.to(x.device))
         with torch.no_grad():
             fired = indices[values > 0] if indices is not None else (values > 0).any(0).nonzero().squeeze(1)
             mask = torch.zeros(tc.width, dtype=torch.int32, device=x.device)
@@ -121,6 +124,10 @@ class DistributedTrainer(Trainer):
         """As one process does, from the global batches (each gathered in rank order): every process alike."""
         gather = self.comm.all_gather
         super().initialise_from_data([gather(x) for x in xs], [gather(y) for y in ys])
+
+    def batch_min(self, local: torch.Tensor) -> torch.Tensor:
+        """The lift's gaps over the global batch: every process lifts alike."""
+        return -self.comm.all_max(-local)
 
     @torch.no_grad()
     def initialise_biases(self, x: torch.Tensor, y: torch.Tensor) -> None:

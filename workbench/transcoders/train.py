@@ -5,11 +5,12 @@ rows have unit norm, and z is measured in units of the batch's RMS ‖y‖), plu
 `auxk` remedy (sparsify's) α · the FVU of the residual error explained by the top dead features,
 on a quarter of each batch's tokens (ours: the same signal at a quarter of the cost).
 The `resample` remedy (relu's default; with `auxk+resample` also for topk) re-initialises dead features
-towards the worst-reconstructed inputs.
+towards the worst-reconstructed inputs. The `lift` remedy (ours; topk's default from the data start)
+raises a dead feature's encoder bias until it just enters the top k on its nearest token of the batch.
 A feature is dead when it has not fired for `dead_tokens` tokens (1/40 of the run, if shorter).
 `topk` starts from the data (`data` initialisation, ours): feature i's encoder and decoder point at the
-i-th training pair's centred x and y, which leaves far fewer features dead than a random start, and
-then needs no remedy (AuxK is the default only from a random start).
+i-th training pair's centred x and y, at the encoder scale that best reconstructs those pairs, which
+leaves far fewer features dead than a random start (AuxK is the default only from a random start).
 
 Checkpoints (weights, optimiser, counters, data cursor) are written atomically every
 `checkpoint_every` steps and at the end; `train(..., resume=True)` continues from the last one.
@@ -44,7 +45,7 @@ from workbench.transcoders.defaults import (
     RESAMPLE_EVERY,
     TRAIN_TOKENS,
 )
-from workbench.transcoders.model import ENCODER_INIT_NORM, Transcoder, TranscoderConfig, TranscoderOutput
+from workbench.transcoders.model import Transcoder, TranscoderConfig, TranscoderOutput
 
 CHECKPOINT = "checkpoint"
 LOG_EVERY = 20
@@ -58,7 +59,7 @@ class TrainConfig:
     warmup_steps: int = 50
     decay_fraction: float = 0.2  # linear decay to zero over the last fifth of the steps
     dead_tokens: int = DEAD_TOKENS
-    remedy: str | None = None  # none (topk from data), auxk, resample (relu), auxk+resample
+    remedy: str | None = None  # lift, auxk, resample, auxk+resample or none; default: dead_remedy
     init: str | None = None  # data (topk default) or random (relu default): see Trainer.initialise_from_data
     auxk_alpha: float = 1 / 32
     auxk_fraction: float = 0.25  # share of each batch's tokens the AuxK loss looks at (ours, for speed)
@@ -72,14 +73,17 @@ class TrainConfig:
         return 2e-4 / math.sqrt(tc.width / 2**14) if tc.arch == "topk" else 4e-4
 
     def dead_remedy(self, tc: TranscoderConfig) -> str:
-        """topk needs no remedy by default: with the data start, AuxK left more features dead on the
-        README's 3M-token run (0.149 against 0.096 without; RESULTS.md, issue 18) and changed nothing
-        on SmolLM2 (0.413 against 0.406)."""
+        """topk from the data start lifts dead features by default: on SmolLM2 layer 15 (width 9216, k 32,
+        409,600 tokens) it left 0.4 % dead on held-out text against 7.3 % with no remedy, at the same FVU;
+        AuxK left more features dead than no remedy on the README's 3M-token run (RESULTS.md, issue 18)."""
         if self.remedy:
             return self.remedy
         if tc.arch == "relu":
             return "resample"
-        return "none" if self.initialisation(tc) == "data" else "auxk"
+        return "lift" if self.initialisation(tc) == "data" else "auxk"
+
+    def lifts(self, tc: TranscoderConfig) -> bool:
+        return tc.arch == "topk" and self.dead_remedy(tc) == "lift"
 
     def uses_auxk(self, tc: TranscoderConfig) -> bool:
         return tc.arch == "topk" and self.dead_remedy(tc) in ("auxk", "auxk+resample")
@@ -163,6 +167,19 @@ def unit_rows(v: torch.Tensor) -> torch.Tensor:
     return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-8)
 
 
+def fitted_scale(
+    x: torch.Tensor, y: torch.Tensor, encoder: torch.Tensor, decoder: torch.Tensor, k: int, rows: int = 4096
+) -> float:
+    """The scale s minimising ‖y − s·R‖² for centred pairs (x, y), where R is what the unit-scale codes
+    decode to: R = Σ_topk (x·e_i) d_i. Top-k selection does not change with s (the centring bias scales
+    with it), so this is a closed-form least-squares fit. At most `rows` pairs are used."""
+    x, y = x[:rows], y[:rows]
+    values, indices = (x @ encoder).topk(k, dim=-1, sorted=False)
+    codes = values.clamp_min(0)
+    decoded = torch.nn.functional.embedding_bag(indices, decoder, per_sample_weights=codes, mode="sum")
+    return float((y * decoded).sum() / (decoded * decoded).sum().clamp_min(1e-12))
+
+
 def fvu(y: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
     return (y - y_hat).pow(2).sum() / (y - y.mean(0)).pow(2).sum().clamp_min(1e-12)
 
@@ -218,6 +235,8 @@ class Trainer:
         tc.remove_parallel_grad()
         self.optimiser.step()
         tc.normalise_decoder()
+        if n_dead and cfg.lifts(tc.cfg):
+            self.lift(x, values.detach(), dead)
         with torch.no_grad():
             fired = indices[values > 0] if indices is not None else (values > 0).any(0)
             self.state.tokens += len(x)
@@ -242,20 +261,22 @@ class Trainer:
 
     @torch.no_grad()
     def initialise_from_data(self, xs: list[torch.Tensor], ys: list[torch.Tensor]) -> None:
-        """Feature i starts as training pair i: encoder column = the unit direction of x_i − x̄ (norm
-        ENCODER_INIT_NORM, the random start's), decoder row = that of y_i − ȳ; features beyond the pairs
-        read keep the random start. Every feature then fires on some inputs from the first step.
+        """Feature i starts as training pair i: encoder column along the unit direction of x_i − x̄,
+        decoder row that of y_i − ȳ; features beyond the pairs read keep the random start. Every feature
+        then fires on some inputs from the first step.
 
-        Measured on the benchmark's data (tiny-relu layer 2, width 4096, k 32, 409,600 tokens): dead on
-        held-out text 0.163 → 0.037 and FVU 0.114 → 0.089; at width 8192, 0.330 → 0.067 and 0.138 →
-        0.097. Scaled ×2 almost nothing is dead but FVU rises to 0.128; ×0.5 FVU 0.072 with 0.18 dead;
-        the encoder alone from data leaves 0.38 dead. For relu (L1) it doubles the FVU, so relu starts
-        random. See RESULTS.md (issue 18)."""
+        The encoder's scale is the one whose codes best reconstruct the pairs read (`fitted_scale`), not a
+        fixed norm: it sets how fast Adam's fixed-size steps change the encoder, and the right one differs
+        by the model's output/input size ratio (tiny-relu 0.36, SmolLM2 layer 15 11.5). The fitted scale is
+        0.03 on tiny-relu and 0.75 on SmolLM2; a fixed 0.1 left 66 % of SmolLM2's features dead at width
+        9216 against 7 % at the fitted scale (FVU 0.577 → 0.462). For relu (L1) the data start doubled the
+        FVU, so relu starts random. Figures: RESULTS.md (issue 18)."""
         x, y = torch.cat(xs), torch.cat(ys)
         n = min(len(x), self.tc.width)
         x, y = x[:n] - x[:n].mean(0), y[:n] - y[:n].mean(0)
         tc = self.tc
-        tc.W_enc[:, :n] = unit_rows(x).T * ENCODER_INIT_NORM
+        encoder = unit_rows(x).T
+        tc.W_enc[:, :n] = encoder * fitted_scale(x, y, encoder, unit_rows(y), tc.cfg.k or n)
         tc.W_dec[:n] = unit_rows(y)
 
     @torch.no_grad()
@@ -263,6 +284,23 @@ class Trainer:
         """From the first batch: b_dec = mean y, and b_enc centres the pre-activations (as sparsify does)."""
         self.tc.b_dec.copy_(y.mean(0))
         self.tc.b_enc.copy_(-(x.mean(0) @ self.tc.W_enc))
+
+    @torch.no_grad()
+    def lift(self, x: torch.Tensor, values: torch.Tensor, dead: torch.Tensor) -> None:
+        """Raise each dead feature's encoder bias just enough that it enters the top k on the one token of
+        this batch where it came closest (ours). Its direction is kept, so it fires on inputs like that
+        one and training can use it again; larger lifts (2× the gap) made features fire everywhere and
+        training diverged. `values` are the step's top-k codes: the k-th one is each token's threshold."""
+        tc = self.tc
+        idx = dead.nonzero().squeeze(1)
+        threshold = values.min(-1).values.clamp_min(0)
+        pre = torch.addmm(tc.b_enc[idx], x, tc.W_enc[:, idx])
+        gap = self.batch_min((threshold[:, None] - pre).min(0).values)
+        tc.b_enc[idx] += gap.clamp_min(0) * (1 + 1e-4) + 1e-6  # just past the threshold, ties broken
+
+    def batch_min(self, local: torch.Tensor) -> torch.Tensor:
+        """The minimum over the whole batch of a per-process minimum (one process: itself)."""
+        return local
 
     @torch.no_grad()
     def resample(self, x: torch.Tensor, y: torch.Tensor, y_hat: torch.Tensor, dead: torch.Tensor) -> None:
