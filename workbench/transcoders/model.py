@@ -25,7 +25,7 @@ from torch import nn
 from workbench.errors import WorkbenchError
 
 ARCHITECTURES = ("relu", "topk")
-ENCODER_INIT_NORM = 0.1  # each encoder column's norm at the start (random, or from data in train.py)
+ENCODER_INIT_NORM = 0.1  # each encoder column's norm in the random start (the data start fits a scale)
 DEFAULT_L1 = 3e-3  # λ per unit of z measured in RMS ‖y‖ (train.py's loss), against a scale-free FVU
 
 
