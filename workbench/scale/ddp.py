@@ -131,6 +131,9 @@ def _entry(rank: int, world: int, port: int, backend: str, fn: Callable, args: t
     dist.init_process_group(backend, rank=rank, world_size=world)
     try:
         value = fn(ProcessGroup(), *args)
+        # every rank done before any tears the group down: a rank that destroys it while another is still
+        # in its last collective makes gloo's background thread abort the other (SIGABRT, seen in CI)
+        dist.barrier()
         if rank == 0:  # as bytes: a tensor sent through the queue would point into this process's memory
             buffer = io.BytesIO()
             torch.save(value, buffer)
