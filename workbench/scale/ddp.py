@@ -17,6 +17,7 @@ import io
 import os
 import signal
 import socket
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -193,7 +194,13 @@ def launch(nproc: int, fn: Callable[..., Any], args: tuple, device: str | None =
             err = KeyboardInterrupt(report[1])
             err.exit_code = report[2]  # type: ignore[attr-defined]
             raise err
-    if failure is not None:
+    done = [report for report in reports if report[0] == "ok"]  # sent after every rank passed the barrier
+    if failure is not None and done:  # a rank died in the process group's teardown, after the work
+        print(
+            f"note: a process ended badly after the work was done ({failure}); its result is kept.",
+            file=sys.stderr,
+        )
+    elif failure is not None:
         raise WorkbenchError(f"A training process failed: {failure}") from failure
     for report in reports:
         if report[0] == "ok":  # tensors, numbers, strings and containers only (weights_only)
