@@ -132,8 +132,8 @@ def _entry(rank: int, world: int, port: int, backend: str, fn: Callable, args: t
     dist.init_process_group(backend, rank=rank, world_size=world)
     try:
         value = fn(ProcessGroup(), *args)
-        # every rank done before any tears the group down: a rank that destroys it while another is still
-        # in its last collective makes gloo's background thread abort the other (SIGABRT, seen in CI)
+        # every rank done before any tears the group down, so "ok" below means all finished the work; a
+        # SIGABRT in gloo's teardown was still seen once after this barrier (launch keeps the result then)
         dist.barrier()
         if rank == 0:  # as bytes: a tensor sent through the queue would point into this process's memory
             buffer = io.BytesIO()
@@ -195,14 +195,13 @@ def launch(nproc: int, fn: Callable[..., Any], args: tuple, device: str | None =
             err.exit_code = report[2]  # type: ignore[attr-defined]
             raise err
     done = [report for report in reports if report[0] == "ok"]  # sent after every rank passed the barrier
-    if failure is not None and done:  # a rank died in the process group's teardown, after the work
+    if failure is not None and not done:
+        raise WorkbenchError(f"A training process failed: {failure}") from failure
+    if failure is not None:  # a rank died in the process group's teardown, after the work
         print(
             f"note: a process ended badly after the work was done ({failure}); its result is kept.",
             file=sys.stderr,
         )
-    elif failure is not None:
-        raise WorkbenchError(f"A training process failed: {failure}") from failure
-    for report in reports:
-        if report[0] == "ok":  # tensors, numbers, strings and containers only (weights_only)
-            return torch.load(io.BytesIO(report[1]), weights_only=True)
+    if done:  # tensors, numbers, strings and containers only (weights_only)
+        return torch.load(io.BytesIO(done[0][1]), weights_only=True)
     raise WorkbenchError("The training processes ended without a result.")
