@@ -30,6 +30,8 @@ def test_train_resume_eval_and_report(tmp_path, capsys):
     )
     body = json.loads(capsys.readouterr().out)
     assert body["layer"] == 2 and body["arch"] == "topk" and body["tokens"] == 20480
+    used = body["pairs_dtype_used"]  # auto, resolved for this machine, and recorded in the provenance
+    assert used in ("float32", "bfloat16") and f"model ({used} forward)" in body["source"]
     assert (out / "saelens" / "cfg.json").is_file() and (out / "checkpoint" / "state.json").is_file()
     # the same folder again without --resume is refused; with --resume and a larger budget it continues
     assert main(["transcoder", "train", *SMALL, "--tokens", "30720", "--out", str(out)]) == 2
@@ -109,6 +111,8 @@ def test_bench_against_sparsify_prints_both_ratios(capsys):
     assert body["train_tokens"] == 8192 and body["eval_tokens"] == 1024
     for side in ("workbench", "sparsify"):
         assert body[side]["tokens_per_second"] > 0 and body[side]["l0"] <= 32
+    assert body["sparsify"]["model_forward"] == "whole base model (AutoModel), float32"  # as its CLI loads it
+    assert body["workbench"]["model_forward"].startswith("base model truncated after layer 2, ")
     assert body["speed_ratio_vs_sparsify"] > 0 and body["fvu_ratio_vs_sparsify"] > 0
     for side in ("workbench", "sparsify"):  # every figure the issue names, for both
         assert body["dead_fraction"][side] == body[side]["dead_fraction"]

@@ -9,7 +9,8 @@ import torch
 from workbench.bench.transcoder import dead_ratio
 from workbench.models import load_model
 from workbench.transcoders.data import mlp_pairs_of, model_pairs
-from workbench.transcoders.direct import DirectPairs
+from workbench.errors import WorkbenchError
+from workbench.transcoders.direct import DirectPairs, cpu_has_native_bfloat16, pairs_dtype
 from workbench.transcoders.run import training_windows
 
 
@@ -25,6 +26,34 @@ def test_direct_pairs_equal_the_bridge_hooks(checkpoints, kind):
             assert ref.abs().max() > 1e-3  # a comparison of real activations, not of zeros
             assert (ours - ref).norm() <= 1e-6 * ref.norm(), (layer, (ours - ref).abs().max())
             assert (ours - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_bfloat16_pairs_stay_within_a_few_percent_of_float32(checkpoints, kind):
+    handle = load_model(str(checkpoints[kind]), device="cpu", progress=False)
+    tokens = torch.randint(0, handle.facts.d_vocab, (4, 32), generator=torch.Generator().manual_seed(0))
+    layer = handle.facts.n_layers - 1  # the error of every earlier layer's matmuls has reached it
+    exact = DirectPairs(handle, layer)(tokens)
+    rounded = DirectPairs(handle, layer, torch.bfloat16)(tokens)
+    for ours, ref in zip(rounded, exact, strict=True):
+        assert ours.dtype == torch.float32 and ours.shape == ref.shape
+        error = (ours - ref).norm() / ref.norm()
+        assert 1e-5 < error < 3e-2, error  # the matmuls did run in bfloat16 (8 bits of mantissa), no worse
+        spread = (ref - ref.mean(0)).pow(2).sum()
+        assert (ours - ref).pow(2).sum() < 1e-3 * spread  # a pair error far below any transcoder's FVU
+
+
+def test_pairs_dtype_auto_is_bfloat16_only_where_the_hardware_computes_it():
+    flags = "processor\t: 0\nflags\t\t: fpu sse2 avx2 {}\nbugs\t\t: none\n"
+    assert cpu_has_native_bfloat16(flags.format("avx512f avx512_bf16"))
+    assert cpu_has_native_bfloat16(flags.format("amx_tile amx_bf16"))
+    assert not cpu_has_native_bfloat16(flags.format("avx512f"))  # emulated bfloat16 is slower than float32
+    assert not cpu_has_native_bfloat16("")
+    assert pairs_dtype("float32", "cpu") == torch.float32 and pairs_dtype("bfloat16", "cpu") == torch.bfloat16
+    native = torch.bfloat16 if cpu_has_native_bfloat16() else torch.float32
+    assert pairs_dtype("auto", "cpu") == native
+    with pytest.raises(WorkbenchError, match="--pairs-dtype"):
+        pairs_dtype("float16", "cpu")
 
 
 def test_direct_pairs_share_the_model_weights(gpt2_handle):

@@ -2,12 +2,15 @@
 
 Both train a TopK transcoder on the same model, layer, token windows (the train split, the same
 windows in the same order), width, k, learning rate, warm-up and token budget; sparsify trains from
-token ids through its own Hugging Face model (a plain copy loaded from the checkpoint), with Adam.
-Both are timed end to end (model forwards included: sparsify's through its whole model, ours through
-the Hugging Face modules up to the layer) and both results are evaluated by the same evaluator on the
-same held-out tokens. The JSON reports tokens/s, FVU, dead fraction and CE recovered of both, and the
-ratios speed_ratio_vs_sparsify (ours / theirs, target ≥ 2), fvu_ratio_vs_sparsify and
-dead_ratio_vs_sparsify (target ≤ 1). sparsify's code runs only here; nothing of it is ours.
+token ids through its own Hugging Face model, with Adam. That model is loaded as sparsify's command line
+loads it for its FVU loss: the base model (`AutoModel`, no LM head) in the checkpoint's dtype on a CPU
+(float32 for the workbench's checkpoints), unless `sparsify_dtype` asks for another. Both are timed end
+to end (model forwards included: sparsify's through its whole base model, ours through the Hugging Face
+modules up to the layer, in the precision `pairs_dtype` resolves to) and both results are evaluated by
+the same float32 evaluator on the same held-out tokens. The JSON reports tokens/s, FVU, dead fraction
+and CE recovered of both, and the ratios speed_ratio_vs_sparsify (ours / theirs, target ≥ 2),
+fvu_ratio_vs_sparsify and dead_ratio_vs_sparsify (target ≤ 1). sparsify's code runs only here;
+nothing of it is ours.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from workbench.errors import WorkbenchError
 from workbench.models import ModelHandle
 from workbench.transcoders.data import model_pairs
 from workbench.transcoders.defaults import default_layer
+from workbench.transcoders.direct import pairs_dtype as direct_pairs_dtype
 from workbench.transcoders.evaluate import evaluate_transcoder
 from workbench.transcoders.model import Transcoder, TranscoderConfig
 from workbench.transcoders.train import TrainConfig, Trainer
@@ -64,14 +68,22 @@ def _from_sparsify(coder, cfg: TranscoderConfig) -> Transcoder:
 
 
 def train_with_sparsify(
-    handle, windows: TokenWindows, cfg: TranscoderConfig, lr: float, warmup: int, seed: int
+    handle,
+    windows: TokenWindows,
+    cfg: TranscoderConfig,
+    lr: float,
+    warmup: int,
+    seed: int,
+    dtype: str = "auto",
 ):
-    """sparsify's Trainer on the same windows; returns (transcoder in our layout, seconds)."""
+    """sparsify's Trainer on the same windows; returns (transcoder in our layout, seconds, model dtype)."""
     sparsify = _sparsify()
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModel
 
-    hf = AutoModelForCausalLM.from_pretrained(str(handle.facts.checkpoint)).eval()
+    checkpoint = str(handle.facts.checkpoint)
+    hf = AutoModel.from_pretrained(checkpoint, dtype="auto" if dtype == "auto" else getattr(torch, dtype))
+    hf = hf.eval()
     hookpoint = _mlp_hookpoint(hf, cfg.layer)
     data = Dataset.from_dict({"input_ids": windows.tokens.tolist()}).with_format("torch")
     precision = torch.get_float32_matmul_precision()
@@ -93,7 +105,7 @@ def train_with_sparsify(
             trainer.fit()
         coder = trainer.saes[hookpoint]
     torch.set_float32_matmul_precision(precision)  # sparsify sets "high" for the whole process
-    return _from_sparsify(coder, cfg), watch.seconds
+    return _from_sparsify(coder, cfg), watch.seconds, str(hf.dtype).removeprefix("torch.")
 
 
 def bench_transcoder(
@@ -107,28 +119,42 @@ def bench_transcoder(
     seed: int = 0,
     progress: bool = False,
     calibration: CalibrationSource | None = None,
+    pairs_dtype: str = "auto",
+    sparsify_dtype: str = "auto",
 ) -> dict:
-    """Train both on `train_tokens` of `calibration` (default: pydocs:train), evaluate both on `windows`."""
+    """Train both on `train_tokens` of `calibration` (default: pydocs:train), evaluate both on `windows`.
+
+    `pairs_dtype` is our training forward's precision (direct.pairs_dtype: auto is bfloat16 on a CPU
+    with native bfloat16); `sparsify_dtype` its model's (auto: the checkpoint's, as its command line)."""
     layer = default_layer(handle.facts.n_layers) if layer is None else layer
     width = width or 16 * handle.facts.d_model
     source = calibration or calibration_source(purpose="bench transcoder's training")
     train_windows = calibration_windows(handle, source, windows.context, train_tokens, seed)
     tokens = train_windows.n_tokens
     cfg = TranscoderConfig(handle.facts.d_model, handle.facts.d_model, width, "topk", k=k, layer=layer)
-    train = TrainConfig(tokens=tokens, batch_size=BATCH_TOKENS, seed=seed)
+    train = TrainConfig(tokens=tokens, batch_size=BATCH_TOKENS, seed=seed, pairs_dtype=pairs_dtype)
     lr = train.learning_rate(cfg)
+    dtype = direct_pairs_dtype(pairs_dtype, handle.device)
 
     ours = Transcoder(cfg, seed=seed)
     trainer = Trainer(ours, train)
     with stopwatch() as watch:
         trainer.run(
             model_pairs(
-                handle, train_windows, layer, BATCH_TOKENS, buffer_tokens=min(65536, tokens // 4), seed=seed
+                handle,
+                train_windows,
+                layer,
+                BATCH_TOKENS,
+                buffer_tokens=min(65536, tokens // 4),
+                seed=seed,
+                dtype=dtype,
             ),
             progress=progress,
         )
     our_seconds = watch.seconds
-    theirs, their_seconds = train_with_sparsify(handle, train_windows, cfg, lr, train.warmup_steps, seed)
+    theirs, their_seconds, their_dtype = train_with_sparsify(
+        handle, train_windows, cfg, lr, train.warmup_steps, seed, sparsify_dtype
+    )
 
     evaluated = {}
     for name, tc in (("workbench", ours), ("sparsify", theirs)):
@@ -144,11 +170,13 @@ def bench_transcoder(
         "eval_tokens": windows.n_tokens,
         "learning_rate": lr,
         "workbench": {
+            "model_forward": f"base model truncated after layer {layer}, {str(dtype).removeprefix('torch.')}",
             "seconds": our_seconds,
             "tokens_per_second": tokens / our_seconds,
             **evaluated["workbench"],
         },
         "sparsify": {
+            "model_forward": f"whole base model (AutoModel), {their_dtype}",
             "seconds": their_seconds,
             "tokens_per_second": tokens / their_seconds,
             **evaluated["sparsify"],

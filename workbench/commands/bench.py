@@ -29,6 +29,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--width", type=positive_int, help="features (default: 16 × d_model; scale: 8 × d_model)")
     g.add_argument("--k", type=positive_int, default=32, help="features kept per token")
     g.add_argument("--layer", type=int, help="MLP layer (default: n_layers // 2)")
+    g.add_argument(
+        "--pairs-dtype",
+        choices=["auto", "float32", "bfloat16"],
+        default="auto",
+        help="transcoder: precision of our training forward (auto: bfloat16 on a CPU or GPU with native "
+        "bfloat16, else float32)",
+    )
+    g.add_argument(
+        "--sparsify-dtype",
+        choices=["auto", "float32", "bfloat16"],
+        default="auto",
+        help="transcoder: precision of sparsify's model (auto: the checkpoint's, as sparsify's command line "
+        "loads it on a CPU)",
+    )
     parser.set_defaults(tokens=4096, batch_size=4)
 
 
@@ -43,6 +57,7 @@ def run(args: argparse.Namespace) -> dict:
         options = {"train_tokens": args.train_tokens, "width": args.width, "k": args.k, "layer": args.layer}
         source = calibration_source(args.corpus, args.text, args.calibration, "bench transcoder's training")
         options |= {"seed": args.seed, "calibration": source}
+        options |= {"pairs_dtype": args.pairs_dtype, "sparsify_dtype": args.sparsify_dtype}
     elif args.which == "scale":
         from workbench.scale.cluster import require_ray
 

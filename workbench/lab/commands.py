@@ -375,6 +375,13 @@ def whitelist(models: list[str], corpora: list[str]) -> dict[str, CommandSpec]:
                     max=BIG,
                 ),
                 Field(
+                    "pairs_dtype",
+                    "choice",
+                    "model forward precision for pairs (auto: bfloat16 where native, else float32)",
+                    "auto",
+                    ("auto", "float32", "bfloat16"),
+                ),
+                Field(
                     "checkpoint_every",
                     "int",
                     "steps between checkpoints",

@@ -57,16 +57,18 @@ def model_pairs(
     seed: int = 0,
     start: int = 0,
     cache: bool = False,
+    dtype: torch.dtype = torch.float32,
 ) -> Iterator[Batch]:
     """Endless shuffled (x, y) batches from the model; window order is fixed by the windows object.
 
     The pairs come from the plain Hugging Face modules, truncated after the layer (`DirectPairs`), the
-    same numbers as the bridge's hooks at less cost. With `cache` (for runs of more than one pass), every
+    same numbers as the bridge's hooks at less cost (with `dtype` float32; bfloat16 runs the forward's
+    matmuls in bfloat16, see direct.py). With `cache` (for runs of more than one pass), every
     window's pairs are kept after the first pass and reused, when they fit (`pair_cache`).
     """
     from workbench.transcoders.direct import DirectPairs
 
-    pairs_of = DirectPairs(handle, layer)
+    pairs_of = DirectPairs(handle, layer, dtype)
     generator = torch.Generator().manual_seed(seed + start)
     n = windows.tokens.shape[0]
     kept = pair_cache(windows, handle.facts.d_model) if cache else None

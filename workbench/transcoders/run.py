@@ -22,6 +22,7 @@ from workbench.settings import Settings
 from workbench.transcoders import defaults
 from workbench.transcoders.data import Batch, mlp_hooks, model_pairs, store_pairs
 from workbench.transcoders.defaults import WIDTH_PER_D_MODEL, default_layer
+from workbench.transcoders.direct import pairs_dtype
 from workbench.transcoders.model import Transcoder, TranscoderConfig
 from workbench.transcoders.saelens import load_saelens, save_saelens
 from workbench.transcoders.train import CHECKPOINT, TrainConfig, Trainer, load_transcoder, save_transcoder
@@ -202,10 +203,11 @@ def train_transcoder(
                 )
                 for b in batches
             )
-        source = f"store {store}"
+        source, precision = f"store {store}", {}
     else:
         if windows is None:
             raise WorkbenchError("Give token windows or a store to train from.")
+        dtype = pairs_dtype(train.pairs_dtype, handle.device)
         buffer = min(65536, max(2 * train.batch_size, train.tokens // 4))
         batches = model_pairs(
             handle,
@@ -217,8 +219,10 @@ def train_transcoder(
             seed=train.seed if world == 1 else train.seed * world + rank,
             start=trainer.state.cursor,
             cache=train.tokens > windows.n_tokens,  # more than one pass: keep the pairs when they fit
+            dtype=dtype,
         )
-        source = "model, on the fly through a shuffle buffer"
+        precision = {"pairs_dtype_used": str(dtype).removeprefix("torch.")}
+        source = f"model ({precision['pairs_dtype_used']} forward), on the fly through a shuffle buffer"
     if world > 1:
         source += f"; {world} DDP processes, {share} tokens of each batch apiece"
     if on_start is not None:
@@ -236,6 +240,7 @@ def train_transcoder(
         definition=DEFINITION,
         settings={"transcoder": cfg.to_dict(), "train": train.__dict__, "learning_rate": trainer.lr}
         | tokens
+        | precision
         | ({"processes": world} if world > 1 else {}),
         seed=train.seed,
     )

@@ -65,6 +65,9 @@ class TrainConfig:
     auxk_fraction: float = 0.25  # share of each batch's tokens the AuxK loss looks at (ours, for speed)
     resample_every: int = RESAMPLE_EVERY
     checkpoint_every: int = CHECKPOINT_EVERY
+    pairs_dtype: str = (
+        "auto"  # the model forward's precision for pairs (direct.pairs_dtype); stores: as stored
+    )
     seed: int = 0
 
     def learning_rate(self, tc: TranscoderConfig) -> float:
