@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from workbench.bench.transcoder import dead_ratio
+from workbench.errors import WorkbenchError
 from workbench.models import load_model
 from workbench.transcoders.data import mlp_pairs_of, model_pairs
-from workbench.errors import WorkbenchError
 from workbench.transcoders.direct import DirectPairs, cpu_has_native_bfloat16, pairs_dtype
 from workbench.transcoders.run import training_windows
 
