@@ -118,6 +118,35 @@ def test_the_fitted_encoder_scale_reconstructs_best_among_all_scales():
     assert abs(best - fitted) <= grid[1] - grid[0]
 
 
+@pytest.mark.parametrize("output_scale", [1e-3, 1e3])
+def test_a_small_fitted_start_is_raised_and_slows_the_encoder_to_the_adam_floor(output_scale):
+    """The encoder columns start at the fitted scale when it is at least START_STEPS Adam steps per entry
+    (the floor, START_STEPS · lr · √d_in). Under it, the scale rises towards the floor but to at most 2×
+    the fit (beyond that the start reconstructs worse than the mean), and the encoder's learning rate
+    (W_enc and b_enc, not the decoder) is scaled by scale / floor. Outputs 1000× smaller than the inputs
+    take that branch, outputs 1000× larger do not."""
+    from workbench.transcoders.train import START_STEPS, fitted_scale
+
+    batch = _synthetic(0, batch=300)
+    x, y = batch.x, batch.y * output_scale
+    tc = Transcoder(TranscoderConfig(16, 16, 300, "topk", k=6))
+    trainer = Trainer(tc, TrainConfig(tokens=3000, batch_size=300, lr=1e-3, warmup_steps=0))
+    trainer.initialise_from_data([x], [y])
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    units = lambda v: v / v.norm(dim=1, keepdim=True)  # noqa: E731
+    fitted = fitted_scale(xc, yc, units(xc).T, units(yc), k=6)
+    floor = START_STEPS * 1e-3 * 16**0.5
+    assert (fitted < floor / 2) == (output_scale < 1)  # each case takes the branch it is named for
+    scale = 2 * fitted if output_scale < 1 else fitted
+    norms = tc.W_enc.norm(dim=0)
+    assert torch.allclose(norms, torch.full_like(norms, scale), rtol=1e-5)
+    trainer.step(Batch(x, y, 1))
+    encoder, rest = trainer.optimiser.param_groups
+    assert {id(p) for p in encoder["params"]} == {id(tc.W_enc), id(tc.b_enc)}
+    assert rest["lr"] == pytest.approx(1e-3)
+    assert encoder["lr"] == pytest.approx(1e-3 * (2 * fitted / floor if output_scale < 1 else 1.0))
+
+
 def test_lift_puts_each_dead_feature_just_past_the_threshold_on_its_nearest_token():
     """Oracle for the lift remedy: a dead feature's bias rises by its smallest gap to the k-th
     pre-activation over the batch's tokens, so it beats the old threshold on exactly that token (alone,

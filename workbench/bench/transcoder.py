@@ -4,13 +4,16 @@ Both train a TopK transcoder on the same model, layer, token windows (the train 
 windows in the same order), width, k, learning rate, warm-up and token budget; sparsify trains from
 token ids through its own Hugging Face model, with Adam. That model is loaded as sparsify's command line
 loads it for its FVU loss: the base model (`AutoModel`, no LM head) in the checkpoint's dtype on a CPU
-(float32 for the workbench's checkpoints), unless `sparsify_dtype` asks for another. Both are timed end
-to end (model forwards included: sparsify's through its whole base model, ours through the Hugging Face
-modules up to the layer, in the precision `pairs_dtype` resolves to) and both results are evaluated by
-the same float32 evaluator on the same held-out tokens. The JSON reports tokens/s, FVU, dead fraction
-and CE recovered of both, and the ratios speed_ratio_vs_sparsify (ours / theirs, target ≥ 2),
-fvu_ratio_vs_sparsify and dead_ratio_vs_sparsify (target ≤ 1). sparsify's code runs only here;
-nothing of it is ours.
+(float32 for the workbench's checkpoints). `sparsify_dtype="bfloat16"` runs its whole training under
+bfloat16 autocast instead (its model forward and its own coder), for a comparison at equal precision:
+sparsify cannot train from a bfloat16 model on a CPU, as its float32 coder refuses bfloat16 inputs.
+
+Both are timed end to end (model forwards included: sparsify's through its whole base model, ours
+through the Hugging Face modules up to the layer, in the precision `pairs_dtype` resolves to) and both
+results are evaluated by the same float32 evaluator on the same held-out tokens. The JSON reports
+tokens/s, FVU, dead fraction and CE recovered of both, and the ratios speed_ratio_vs_sparsify (ours /
+theirs, target ≥ 2), fvu_ratio_vs_sparsify and dead_ratio_vs_sparsify (target ≤ 1). sparsify's code
+runs only here; nothing of it is ours.
 """
 
 from __future__ import annotations
@@ -76,14 +79,19 @@ def train_with_sparsify(
     seed: int,
     dtype: str = "auto",
 ):
-    """sparsify's Trainer on the same windows; returns (transcoder in our layout, seconds, model dtype)."""
+    """sparsify's Trainer on the same windows; returns (transcoder in our layout, seconds, precision).
+
+    dtype: auto (the checkpoint's, as sparsify's command line loads it), float32, or bfloat16 (float32
+    weights, everything under bfloat16 autocast)."""
     sparsify = _sparsify()
     from datasets import Dataset
     from transformers import AutoModel
 
     checkpoint = str(handle.facts.checkpoint)
-    hf = AutoModel.from_pretrained(checkpoint, dtype="auto" if dtype == "auto" else getattr(torch, dtype))
-    hf = hf.eval()
+    hf = AutoModel.from_pretrained(checkpoint, dtype="auto" if dtype == "auto" else torch.float32).eval()
+    device = next(hf.parameters()).device  # where from_pretrained put it (the CPU here)
+    autocasts = dtype == "bfloat16"
+    forward = str(hf.dtype).removeprefix("torch.") + (" weights, bfloat16 autocast" if autocasts else "")
     hookpoint = _mlp_hookpoint(hf, cfg.layer)
     data = Dataset.from_dict({"input_ids": windows.tokens.tolist()}).with_format("torch")
     precision = torch.get_float32_matmul_precision()
@@ -101,11 +109,11 @@ def train_with_sparsify(
             log_to_wandb=False,
         )
         trainer = sparsify.Trainer(train_cfg, data, hf)
-        with stopwatch() as watch:
+        with stopwatch() as watch, torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocasts):
             trainer.fit()
         coder = trainer.saes[hookpoint]
     torch.set_float32_matmul_precision(precision)  # sparsify sets "high" for the whole process
-    return _from_sparsify(coder, cfg), watch.seconds, str(hf.dtype).removeprefix("torch.")
+    return _from_sparsify(coder, cfg), watch.seconds, forward
 
 
 def bench_transcoder(

@@ -26,7 +26,7 @@ import torch
 from workbench.errors import WorkbenchError
 from workbench.transcoders.data import Batch
 from workbench.transcoders.model import Encoded, Transcoder, TranscoderOutput
-from workbench.transcoders.train import TrainConfig, Trainer, lr_factor
+from workbench.transcoders.train import TrainConfig, Trainer
 
 
 class TrainingForward(torch.nn.Module):
@@ -71,8 +71,7 @@ class DistributedTrainer(Trainer):
 
     def step(self, batch: Batch) -> None:
         tc, cfg, comm = self.tc, self.cfg, self.comm
-        for group in self.optimiser.param_groups:
-            group["lr"] = self.lr * lr_factor(self.state.step, cfg)
+        self.set_learning_rates()
         x, y = batch.x, batch.y
         if self.state.step == 0:
             self.initialise_biases(x, y)

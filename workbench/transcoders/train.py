@@ -48,6 +48,9 @@ from workbench.transcoders.defaults import (
 from workbench.transcoders.model import Transcoder, TranscoderConfig, TranscoderOutput
 
 CHECKPOINT = "checkpoint"
+# the data start's encoder entries are at least this many of its Adam steps in size, so that the first
+# steps cannot turn a feature away from the input it started on (Trainer.initialise_from_data)
+START_STEPS = 20
 LOG_EVERY = 20
 
 
@@ -202,17 +205,24 @@ class Trainer:
     def __init__(self, tc: Transcoder, cfg: TrainConfig, out: Path | None = None) -> None:
         self.tc, self.cfg, self.out = tc, cfg, Path(out) if out else None
         self.lr = cfg.learning_rate(tc.cfg)
-        self.optimiser = torch.optim.Adam(tc.parameters(), lr=self.lr, fused=True)
+        encoder = [tc.W_enc, tc.b_enc]  # its own group: the data start may slow it (initialise_from_data)
+        rest = [p for p in tc.parameters() if all(p is not q for q in encoder)]
+        groups = [{"params": encoder, "lr_scale": 1.0}, {"params": rest, "lr_scale": 1.0}]
+        self.optimiser = torch.optim.Adam(groups, lr=self.lr, fused=True)
         self.state = TrainState()
         self.last_fired = torch.zeros(tc.width, dtype=torch.long)  # token count when each feature last fired
+
+    def set_learning_rates(self) -> None:
+        """This step's learning rate (warm-up and decay) for each parameter group, times its lr_scale."""
+        for group in self.optimiser.param_groups:
+            group["lr"] = self.lr * group["lr_scale"] * lr_factor(self.state.step, self.cfg)
 
     def dead(self) -> torch.Tensor:
         return (self.state.tokens - self.last_fired) > self.cfg.dead_window
 
     def step(self, batch: Batch) -> None:
         tc, cfg = self.tc, self.cfg
-        for group in self.optimiser.param_groups:
-            group["lr"] = self.lr * lr_factor(self.state.step, cfg)
+        self.set_learning_rates()
         x, y = batch.x, batch.y
         if self.state.step == 0:
             self.initialise_biases(x, y)
@@ -272,14 +282,24 @@ class Trainer:
         fixed norm: it sets how fast Adam's fixed-size steps change the encoder, and the right one differs
         by the model's output/input size ratio (tiny-relu 0.36, SmolLM2 layer 15 11.5). The fitted scale is
         0.03 on tiny-relu and 0.75 on SmolLM2; a fixed 0.1 left 66 % of SmolLM2's features dead at width
-        9216 against 7 % at the fitted scale (FVU 0.577 → 0.462). For relu (L1) the data start doubled the
-        FVU, so relu starts random. Figures: RESULTS.md (issue 18)."""
+        9216 against 7 % at the fitted scale (FVU 0.577 → 0.462). Where the fit is under START_STEPS
+        Adam steps per entry (a unit column's entries are about 1/√d_in), the encoder's learning rate is
+        scaled down by the same factor, so its steps stay as small next to its entries: on tiny-relu
+        (width 8192) the fit is 6 steps per entry; its first steps turned features away from their
+        inputs, and 19 % were dead after 3M tokens. SmolLM2's fit is 117 steps per entry. For relu (L1)
+        the data start doubled the FVU, so relu starts random. Figures: RESULTS.md (issue 18)."""
         x, y = torch.cat(xs), torch.cat(ys)
         n = min(len(x), self.tc.width)
         x, y = x[:n] - x[:n].mean(0), y[:n] - y[:n].mean(0)
         tc = self.tc
         encoder = unit_rows(x).T
-        tc.W_enc[:, :n] = encoder * fitted_scale(x, y, encoder, unit_rows(y), tc.cfg.k or n)
+        fitted = fitted_scale(x, y, encoder, unit_rows(y), tc.cfg.k or n)
+        floor = START_STEPS * self.lr * math.sqrt(tc.cfg.d_in)  # entries of a unit column: about 1/√d_in
+        # raised towards the floor, but at most 2× the fit: beyond that the start reconstructs worse than
+        # the mean does; what is still missing slows the encoder's learning rate instead
+        scale = min(max(fitted, floor), 2 * fitted)
+        tc.W_enc[:, :n] = encoder * scale
+        self.optimiser.param_groups[0]["lr_scale"] = min(1.0, scale / floor)
         tc.W_dec[:n] = unit_rows(y)
 
     @torch.no_grad()
