@@ -33,7 +33,7 @@ def transcoder(skip: bool = False):
 
 def workbench_folder(tmp_path: Path, **changes) -> Path:
     """A saved workbench transcoder whose config.json gets `changes` (None deletes a key)."""
-    from workbench.transcoders.train import save_transcoder
+    from workbench.transcoders.files import save_transcoder
 
     folder = tmp_path / "tc"
     save_transcoder(transcoder(), folder)
@@ -142,7 +142,8 @@ def transcoder_too_big_for_memory(tmp_path, monkeypatch):
 
 
 def checkpoint_pickle_refused_by_weights_only(tmp_path, monkeypatch):
-    from workbench.transcoders.train import TrainConfig, Trainer, save_transcoder
+    from workbench.transcoders.files import save_transcoder
+    from workbench.transcoders.train import TrainConfig, Trainer
 
     class RunsCode:  # unpickling it would create the marker file
         def __reduce__(self):

@@ -86,8 +86,8 @@ def test_moefication_of_the_gated_mlps(smollm2):
 def test_replay_cli_every_edit_kind(smollm2, tmp_path, capsys):
     """`workbench replay --json` on SmolLM2 for each dense edit kind (expert masks: tiny-moe, integration)."""
     from workbench.cli import main
+    from workbench.transcoders.files import save_transcoder
     from workbench.transcoders.model import Transcoder, TranscoderConfig
-    from workbench.transcoders.train import save_transcoder
 
     save_transcoder(
         Transcoder(TranscoderConfig(d_in=576, d_out=576, width=1024, k=16, layer=20)), tmp_path / "tc"

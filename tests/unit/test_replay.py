@@ -28,8 +28,8 @@ from workbench.replay import (
     parse_edits,
 )
 from workbench.replay.effects import effects
+from workbench.transcoders.files import save_transcoder
 from workbench.transcoders.model import Transcoder, TranscoderConfig
-from workbench.transcoders.train import save_transcoder
 
 ATOL = 2e-4
 

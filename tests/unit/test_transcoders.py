@@ -13,9 +13,10 @@ from workbench.models import load_model
 from workbench.transcoders.data import Batch, mlp_pairs_of
 from workbench.transcoders.evaluate import evaluate_transcoder
 from workbench.transcoders.features import contexts, feature_table
+from workbench.transcoders.files import load_transcoder
 from workbench.transcoders.model import Transcoder, TranscoderConfig, _SparseTopK
 from workbench.transcoders.saelens import load_saelens, register_topk_with_saelens, save_saelens
-from workbench.transcoders.train import TrainConfig, Trainer, load_transcoder
+from workbench.transcoders.train import TrainConfig, Trainer
 
 
 def test_sparse_topk_backward_matches_autograd():

@@ -108,8 +108,8 @@ def test_edits_no_control_can_draw_survive_a_round_trip(explorer, handle, tmp_pa
     import torch
 
     from workbench.replay.edits import TranscoderSplice
+    from workbench.transcoders.files import save_transcoder
     from workbench.transcoders.model import Transcoder, TranscoderConfig
-    from workbench.transcoders.train import save_transcoder
 
     d = handle.facts.d_model
     tc = Transcoder(TranscoderConfig(d_in=d, d_out=d, width=32, arch="topk", k=4, layer=1), seed=0)

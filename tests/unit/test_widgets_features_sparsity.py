@@ -14,8 +14,8 @@ import torch
 from workbench.errors import WorkbenchError
 from workbench.replay import ReplaySession, edits_applied
 from workbench.replay.edits import TranscoderSplice, dump_edits, parse_edits
+from workbench.transcoders.files import save_transcoder
 from workbench.transcoders.model import Transcoder, TranscoderConfig
-from workbench.transcoders.train import save_transcoder
 
 TEXT = "def add(a, b):\n    return a + b\n\n# the sum of two numbers, printed\nprint(add(2, 3))"
 FIELDS = ("ce_base", "ce_edited", "ce_delta", "kl", "top1_agreement", "resid_deviation", "first_layer")

@@ -23,9 +23,10 @@ from workbench.transcoders import defaults
 from workbench.transcoders.data import Batch, mlp_hooks, model_pairs, store_pairs
 from workbench.transcoders.defaults import WIDTH_PER_D_MODEL, default_layer
 from workbench.transcoders.direct import pairs_dtype
+from workbench.transcoders.files import load_transcoder, save_transcoder
 from workbench.transcoders.model import Transcoder, TranscoderConfig
 from workbench.transcoders.saelens import load_saelens, save_saelens
-from workbench.transcoders.train import CHECKPOINT, TrainConfig, Trainer, load_transcoder, save_transcoder
+from workbench.transcoders.train import CHECKPOINT, TrainConfig, Trainer
 
 DEFINITION = (
     "Transcoder from the MLP's input (blocks.L.mlp.hook_in, the normalised residual) to its "

@@ -18,8 +18,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from workbench.errors import WorkbenchError
+from workbench.transcoders.files import check_weights, config_from_dict, read_config
 from workbench.transcoders.model import Transcoder
-from workbench.transcoders.train import check_weights, config_from_dict, read_config
 
 WEIGHTS, CONFIG, OURS = "sae_weights.safetensors", "cfg.json", "workbench.json"
 ARCHITECTURE = {

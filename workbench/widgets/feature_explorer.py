@@ -37,9 +37,9 @@ from workbench.replay.plan import checked_transcoder
 from workbench.replay.session import ReplayResult
 from workbench.transcoders.data import mlp_pairs_of
 from workbench.transcoders.features import FeatureTable, contexts, feature_table
+from workbench.transcoders.files import save_transcoder
 from workbench.transcoders.model import Transcoder
 from workbench.transcoders.run import load_any
-from workbench.transcoders.train import save_transcoder
 from workbench.widgets import charts
 from workbench.widgets.edit_explorer import session_of
 from workbench.widgets.live import LatestOnly
