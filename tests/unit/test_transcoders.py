@@ -261,6 +261,22 @@ def test_checkpoint_and_resume_match_an_uninterrupted_run(tmp_path):
     assert torch.equal(load_transcoder(tmp_path / "checkpoint").W_dec, resumed.tc.W_dec)
 
 
+def test_a_checkpoint_with_one_optimiser_group_is_refused_with_what_to_do(tmp_path):
+    """Checkpoints from before the encoder had its own learning rate hold one Adam group: resuming one
+    says so, instead of calling it damaged."""
+    cfg = TranscoderConfig(16, 16, 64, "topk", k=4)
+    train = TrainConfig(tokens=256 * 20, batch_size=256, checkpoint_every=5, warmup_steps=5)
+    Trainer(Transcoder(cfg, seed=0), train, tmp_path).run(_stream(), progress=False)
+    path = tmp_path / "checkpoint" / "optim.pt"
+    extra = torch.load(path, weights_only=True)
+    encoder, rest = extra["optimiser"]["param_groups"]
+    encoder["params"] = encoder["params"] + rest["params"]
+    extra["optimiser"]["param_groups"] = [encoder]
+    torch.save(extra, path)
+    with pytest.raises(WorkbenchError, match="earlier workbench.*without --resume"):
+        Trainer(Transcoder(cfg, seed=0), train, tmp_path).load(tmp_path / "checkpoint")
+
+
 @pytest.mark.parametrize(("arch", "skip"), [("relu", False), ("relu", True), ("topk", False), ("topk", True)])
 def test_saelens_round_trip(tmp_path, arch, skip):
     tc = Transcoder(

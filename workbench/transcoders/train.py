@@ -67,9 +67,8 @@ class TrainConfig:
     auxk_fraction: float = 0.25  # share of each batch's tokens the AuxK loss looks at (ours, for speed)
     resample_every: int = RESAMPLE_EVERY
     checkpoint_every: int = CHECKPOINT_EVERY
-    pairs_dtype: str = (
-        "auto"  # the model forward's precision for pairs (direct.pairs_dtype); stores: as stored
-    )
+    # the precision of the model forward that makes pairs (direct.pairs_dtype); a store's are as stored
+    pairs_dtype: str = "auto"
     seed: int = 0
 
     def learning_rate(self, tc: TranscoderConfig) -> float:
@@ -282,10 +281,11 @@ class Trainer:
         by the model's output/input size ratio (tiny-relu 0.36, SmolLM2 layer 15 11.5). The fitted scale is
         0.03 on tiny-relu and 0.75 on SmolLM2; a fixed 0.1 left 66 % of SmolLM2's features dead at width
         9216 against 7 % at the fitted scale (FVU 0.577 → 0.462). Where the fit is under START_STEPS
-        Adam steps per entry (a unit column's entries are about 1/√d_in), the encoder's learning rate is
-        scaled down by the same factor, so its steps stay as small next to its entries: on tiny-relu
-        (width 8192) the fit is 6 steps per entry; its first steps turned features away from their
-        inputs, and 19 % were dead after 3M tokens. SmolLM2's fit is 117 steps per entry. For relu (L1)
+        Adam steps per entry (a unit column's entries are about 1/√d_in), the scale rises towards that
+        floor, to at most 2× the fit, and the encoder's learning rate is slowed by what is still missing,
+        so its steps stay as small next to its entries. On tiny-relu (width 8192) the fit is 6 steps
+        per entry; its first steps turned features away from their inputs, and 19 % were dead after 3M
+        tokens (4 % now). SmolLM2's fit is 117 steps per entry. For relu (L1)
         the data start doubled the FVU, so relu starts random. Figures: RESULTS.md (issue 18)."""
         x, y = torch.cat(xs), torch.cat(ys)
         n = min(len(x), self.tc.width)
@@ -388,6 +388,13 @@ class Trainer:
             )
         self.tc.load_state_dict(load_weights(folder, saved))
         extra = safe_torch_load(folder / "optim.pt")
+        groups = len(extra.get("optimiser", {}).get("param_groups", [])) if isinstance(extra, dict) else 0
+        if groups == 1:  # before the encoder had its own learning rate (issue 18)
+            raise WorkbenchError(
+                f"The checkpoint in {folder} was written by an earlier workbench, whose optimiser had one "
+                "parameter group; this one gives the encoder its own. Finish that run with the version that "
+                "started it, or start again without --resume."
+            )
         try:
             self.optimiser.load_state_dict(extra["optimiser"])
             self.last_fired = extra["last_fired"]
