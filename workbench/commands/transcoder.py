@@ -85,7 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--pairs-dtype",
         choices=["auto", "float32", "bfloat16"],
         default="auto",
-        help="precision of the model forward that makes training pairs: auto (default) is bfloat16 on a "
+        help="precision of the model forward that makes training pairs: auto is bfloat16 on a "
         "GPU or a CPU with native bfloat16 (AVX-512 BF16, AMX), about twice as fast with pairs within "
         "about 1%% of float32's, else float32; float32 gives the exact activations",
     )
