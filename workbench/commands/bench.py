@@ -6,6 +6,7 @@ import argparse
 import json
 
 from workbench.commands.flags import WINDOWS, calibration_flag, load_inputs, positive_int
+from workbench.transcoders.defaults import PAIRS_DTYPES
 
 TOKENS = (
     f"{WINDOWS}; capture and essential run over all of them, transcoder evaluates on them (and trains on "
@@ -31,14 +32,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--layer", type=int, help="MLP layer (default: n_layers // 2)")
     g.add_argument(
         "--pairs-dtype",
-        choices=["auto", "float32", "bfloat16"],
+        choices=PAIRS_DTYPES,
         default="auto",
         help="transcoder: precision of our training forward (auto: bfloat16 on a CPU or GPU with native "
         "bfloat16, else float32)",
     )
     g.add_argument(
         "--sparsify-dtype",
-        choices=["auto", "float32", "bfloat16"],
+        choices=PAIRS_DTYPES,
         default="auto",
         help="transcoder: precision of sparsify's model (auto: the checkpoint's, as sparsify's command line "
         "loads it on a CPU)",

@@ -83,7 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--pairs-dtype",
-        choices=["auto", "float32", "bfloat16"],
+        choices=defaults.PAIRS_DTYPES,
         default="auto",
         help="precision of the model forward that makes training pairs: auto is bfloat16 on a "
         "GPU or a CPU with native bfloat16 (AVX-512 BF16, AMX), about twice as fast with pairs within "

@@ -379,7 +379,7 @@ def whitelist(models: list[str], corpora: list[str]) -> dict[str, CommandSpec]:
                     "choice",
                     "model forward precision for pairs (auto: bfloat16 where native, else float32)",
                     "auto",
-                    ("auto", "float32", "bfloat16"),
+                    transcoder.PAIRS_DTYPES,
                 ),
                 Field(
                     "checkpoint_every",

@@ -15,6 +15,7 @@ ARCH = "topk"  # topk keeps the K largest features per token; relu trains with a
 K = 32  # topk: features kept per token
 EVAL_TOKENS = 16384  # held-out tokens an evaluation reads
 WIDTH_PER_D_MODEL = 32  # features per d_model dimension when no width is given
+PAIRS_DTYPES = ("auto", "float32", "bfloat16")  # precisions of the forward that makes training pairs
 
 
 def default_layer(n_layers: int) -> int:

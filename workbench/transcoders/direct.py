@@ -23,6 +23,7 @@ from torch import nn
 from workbench.errors import WorkbenchError
 from workbench.models import ModelHandle
 from workbench.models.hooks import hooks_attached
+from workbench.transcoders.defaults import PAIRS_DTYPES
 
 
 class _Stop(Exception):
@@ -42,9 +43,6 @@ def _layer_count_key(config) -> str:
         if hasattr(config, key):
             return key
     raise WorkbenchError(f"Cannot tell the number of layers of {type(config).__name__}.")
-
-
-PAIRS_DTYPES = ("auto", "float32", "bfloat16")
 
 
 def cpu_has_native_bfloat16(cpuinfo: str | None = None) -> bool:
