@@ -1,5 +1,7 @@
 """The coordinated store without Ray: ranges written by hand, as workers would, read as one store; one
-coordinator at a time; no single writer on it; fsspec locations; and Ray stays optional."""
+coordinator at a time; no single writer on it; fsspec locations, object storage (fsspec's in-memory
+filesystem here; tests/integration/test_scale_s3.py runs Ray against a local S3 server); and Ray stays
+optional."""
 
 from __future__ import annotations
 
@@ -11,7 +13,9 @@ import torch
 
 from workbench.errors import WorkbenchError
 from workbench.store import FieldSpec, StoreReader, StoreWriter
+from workbench.store.format import MANIFEST
 from workbench.store.ranges import Coordinator, store_location
+from workbench.store.remote import Remote, staging_folder
 
 FIELDS = [FieldSpec("act", (3,), "float32")]
 META = ("token", "doc", "domain", "position", "window")
@@ -82,8 +86,81 @@ def test_ranges_written_apart_read_as_one_store_equal_to_a_single_writer(tmp_pat
 def test_store_locations_are_local_paths_or_file_urls(tmp_path):
     assert store_location(f"file://{tmp_path}/x") == tmp_path / "x"
     assert store_location(tmp_path / "y") == tmp_path / "y"
-    with pytest.raises(WorkbenchError, match="shared filesystem"):
+    with pytest.raises(WorkbenchError, match="--workers"):
         store_location("memory://bucket/store")
+
+
+def _upload_range(coord: Coordinator, i: int, per_shard: int) -> None:
+    """What a worker does for a remote range: write it in its staging folder, upload it, drop the copy."""
+    r, url = coord.ranges[i], coord.range_location(i)
+    writer = StoreWriter.open(
+        staging_folder(url),
+        FIELDS,
+        r["stop"] - r["start"],
+        {},
+        resume=True,
+        tokens_per_shard=per_shard,
+        base_token=r["start"],
+    )
+    writer.append(*_tokens(r["start"], r["stop"]))
+    writer.close()
+    Remote(url).upload_store(staging_folder(url))
+
+
+def test_a_store_on_object_storage_is_staged_uploaded_and_read_through_a_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))
+    url = f"memory://bucket/{tmp_path.name}/store"
+    single = StoreWriter.open(tmp_path / "single", FIELDS, 100, {}, tokens_per_shard=16)
+    single.append(*_tokens(0, 100))
+    single.close()
+
+    coord = Coordinator.open(url, FIELDS, 100, {}, tokens_per_shard=16, parts=3)
+    assert coord.range_location(1) == f"{url}/ranges/00001" and coord.location == url
+    _upload_range(coord, 2, 16)
+    coord.complete(2)
+    assert len(StoreReader(url)) == 0  # the remote manifest is uploaded at each change
+    _upload_range(coord, 0, 16)
+    coord.complete(0)
+    assert len(StoreReader(url)) == 32
+    coord.release()
+
+    # the driver resumes on another machine: its staging folder is gone, the remote manifest rules
+    staged = staging_folder(url)
+    for item in staged.iterdir():
+        item.unlink()
+    coord = Coordinator.open(url, FIELDS, 100, {}, tokens_per_shard=16, parts=3, resume=True)
+    assert coord.pending() == [1]
+    with pytest.raises(WorkbenchError, match="not a complete store"):
+        coord.complete(1)
+    _upload_range(coord, 1, 16)
+    assert coord.range_done(1)
+    coord.complete(1)
+    coord.close()
+
+    remote = StoreReader(url, cache=tmp_path / "read")
+    a = StoreReader(tmp_path / "single")
+    assert remote.complete and remote.verify() == []
+    key = lambda s: (s["start"], s["stop"], s["bytes"], s["xxh3_128"])  # noqa: E731
+    assert [key(s) for s in a.shards] == [key(s) for s in remote.shards]
+    assert all(torch.equal(a.read(slice(None))[k], remote.read(slice(None))[k]) for k in ("act", *META))
+    assert (tmp_path / "read" / "ranges" / "00002" / "shard-00001.safetensors").is_file()
+
+    with pytest.raises(WorkbenchError, match="not empty"):
+        Coordinator.open(url, FIELDS, 100, {}, tokens_per_shard=16, parts=3)
+    fs = Remote(url).fs
+    victim = f"bucket/{tmp_path.name}/store/ranges/00001/shard-00000.safetensors"
+    data = bytearray(fs.cat_file(victim))
+    data[-1] ^= 0xFF
+    fs.pipe_file(victim, bytes(data))
+    damaged = StoreReader(url, cache=tmp_path / "fresh")
+    assert damaged.damage() == {
+        "ranges/00001/shard-00000.safetensors": "changed since it was written (checksum mismatch)"
+    }
+    fs.rm_file(victim)
+    with pytest.raises(WorkbenchError, match="missing from"):
+        StoreReader(url, cache=tmp_path / "again").read(slice(32, 40))
+    with pytest.raises(WorkbenchError, match=f"no {MANIFEST}"):
+        StoreReader(f"memory://bucket/{tmp_path.name}/nothing")
 
 
 def test_ray_is_imported_only_when_workers_are_asked_for():

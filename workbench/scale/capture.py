@@ -13,6 +13,7 @@ capture of the same windows with the same batch and shard sizes.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from workbench.scale.cluster import Workers, ray_session, task_options, unwrap
 from workbench.scale.fold import run_range
 from workbench.scale.recipe import ModelRecipe
 from workbench.store.ranges import Coordinator
+from workbench.store.remote import Remote, is_remote, staging_folder
 
 
 @dataclass
@@ -50,12 +52,20 @@ def capture_range(
     reducers: list,
 ) -> tuple[int, list]:
     """One range's task: capture `n_tokens` of `windows` into the range store `folder` (resuming it),
-    folding `reducers` alongside; returns (tokens the store held before, the reducers)."""
+    folding `reducers` alongside; returns (tokens the store held before, the reducers).
+
+    A `folder` on object storage is written into this worker's staging folder for it, uploaded once
+    complete, and the staged copy removed."""
     from workbench.probes.capture import ReducerSink, StoreSink, TeeSink, capture
 
-    store = StoreSink(folder, info, resume=True, tokens_per_shard=tokens_per_shard, base_token=start)
+    remote = Remote(folder) if is_remote(folder) else None
+    local = staging_folder(remote.url) if remote else Path(folder)
+    store = StoreSink(local, info, resume=True, tokens_per_shard=tokens_per_shard, base_token=start)
     sink = TeeSink(store, ReducerSink(reducers))
     capture(handle, windows, probes, sink, batch_size=batch_size, progress=False, n_tokens=n_tokens)
+    if remote is not None:
+        remote.upload_store(local)
+        shutil.rmtree(local)
     return store.resumed_from, reducers
 
 
@@ -76,8 +86,9 @@ def sharded_capture(
     on_open=None,
     recipe: ModelRecipe | None = None,
 ) -> ShardedCapture:
-    """Capture `probes` over `windows` into the coordinated store at `path` (a folder or file:// URL),
-    one Ray task per range of whole shards; `resume` continues a store whose capture was interrupted.
+    """Capture `probes` over `windows` into the coordinated store at `path` (a folder, a file:// URL or an
+    object-storage URL such as s3://bucket/prefix), one Ray task per range of whole shards; `resume`
+    continues a store whose capture was interrupted.
 
     `tokens_per_shard` must be whole batches (`batch_size` windows). `reducers` (fresh) are folded by
     the tasks and merged. `on_open()` runs once the store is open and every check has passed.
@@ -158,7 +169,7 @@ def _run(
             part = windows.part(r["start"] // context, -(-r["stop"] // context))
             args = (
                 probes,
-                str(coord.range_path(i)),
+                coord.range_location(i),
                 info | {"range": i},
                 r["start"],
                 r["stop"] - r["start"],
@@ -193,7 +204,7 @@ def _run(
         )
         raise WorkbenchError(
             f"{len(failed)} of {len(todo)} capture ranges failed ({lines}). The "
-            f"{len(coord.ranges) - len(coord.pending())} complete ranges of {coord.folder} are kept: run "
+            f"{len(coord.ranges) - len(coord.pending())} complete ranges of {coord.location} are kept: run "
             "the same command with --resume to redo only the rest."
         )
     return done

@@ -129,6 +129,11 @@ def load_manifest(folder: Path) -> dict[str, Any]:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise WorkbenchError(f"{path} is unreadable ({e}); the store cannot be used, re-capture it.") from e
+    return check_manifest(manifest, path)
+
+
+def check_manifest(manifest: Any, path: Path | str) -> dict[str, Any]:
+    """`manifest` (read from `path`) after checking it: known format, contiguous shards from token 0."""
     fmt = manifest.get("format") if isinstance(manifest, dict) else None
     if fmt != STORE_FORMAT:
         raise WorkbenchError(

@@ -12,16 +12,22 @@ sees one store: the complete prefix while the capture runs, all of it once every
 
 Ranges are cut on the shard grid of a one-writer capture (whole shards, which are whole batches), so
 every shard holds exactly the tensors, header and checksum that a one-writer capture writes for it.
+
+A store on object storage (`s3://…`, `workbench.store.remote`) keeps its coordinating manifest in a
+local staging folder, uploaded after every change; each range is written into its worker's own staging
+folder and uploaded by that worker once complete, before the coordinator records it.
 """
 
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
 from workbench.errors import WorkbenchError
 from workbench.store.format import (
+    LOCK,
     MANIFEST,
     FieldSpec,
     check_fields,
@@ -32,13 +38,14 @@ from workbench.store.format import (
 )
 from workbench.store.lock import StoreLock
 from workbench.store.opening import check_folder, new_manifest, preflight
+from workbench.store.remote import Remote, is_remote, staging_folder
 
 RANGES = "ranges"
 
 
 def store_location(path: str | Path) -> Path:
-    """A store's folder from a path or an fsspec URL; only local filesystems (`file://`) can be written
-    (the durability rules need fsync, atomic renames and OS locks, which object stores lack)."""
+    """A local store's folder from a path or a `file://` URL (a store on object storage is written through
+    a staging folder instead: `Coordinator.open`, `workbench.store.remote`)."""
     text = str(path)
     if "://" not in text:
         return Path(text).expanduser()
@@ -48,9 +55,9 @@ def store_location(path: str | Path) -> Path:
     protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
     if "file" not in protocols and "local" not in protocols:
         raise WorkbenchError(
-            f"{text}: a store is written on a local or shared POSIX filesystem (fsync, atomic rename, "
-            f"file locks), which {protocols[0]}:// is not. Mount the bucket as a filesystem on every worker, "
-            "or write to a shared filesystem path (NFS, Lustre) or a file:// URL."
+            f"{text}: only a coordinated capture (--workers) writes to {protocols[0]}://, through local "
+            "staging folders; a single writer needs a local or shared POSIX filesystem (fsync, atomic "
+            "rename, file locks). Add --workers 1, or write to a local path or file:// URL."
         )
     return Path(root)
 
@@ -69,12 +76,14 @@ def plan_ranges(n_tokens: int, tokens_per_shard: int, parts: int) -> list[tuple[
 class Coordinator:
     """Holds a coordinated store: which ranges are pending, and the manifest that lists complete ones.
 
-    `Coordinator.open(...)`, then for each range a worker writes `range_path(r)` (resuming what is
+    `Coordinator.open(...)`, then for each range a worker writes `range_location(r)` (resuming what is
     there), `complete(r)` once it has, and `close()`; `release()` after an error leaves it resumable.
     """
 
-    def __init__(self, folder: Path, manifest: dict[str, Any], lock: StoreLock) -> None:
-        self.folder, self.manifest, self._lock = folder, manifest, lock
+    def __init__(
+        self, folder: Path, manifest: dict[str, Any], lock: StoreLock, remote: Remote | None = None
+    ) -> None:
+        self.folder, self.manifest, self._lock, self.remote = folder, manifest, lock, remote
 
     @classmethod
     def open(
@@ -87,17 +96,22 @@ class Coordinator:
         parts: int,
         resume: bool = False,
     ) -> Coordinator:
-        """Start a coordinated store of `parts` ranges in `path`, or (resume) continue the one there."""
-        folder = store_location(path)
+        """Start a coordinated store of `parts` ranges in `path` (a folder, file:// or object-storage URL),
+        or (resume) continue the one there."""
+        remote = Remote(str(path)) if is_remote(path) else None
+        folder = staging_folder(remote.url) if remote else store_location(path)
         fields = check_fields(fields)
         if n_tokens <= 0 or tokens_per_shard <= 0:
             raise WorkbenchError(
                 f"A store needs tokens and shard sizes > 0, got {n_tokens}, {tokens_per_shard}."
             )
-        check_folder(folder, resume)
+        if remote is None:
+            check_folder(folder, resume)
         folder.mkdir(parents=True, exist_ok=True)
         lock = StoreLock.acquire(folder)
         try:
+            if remote is not None:
+                _stage(remote, folder, resume)
             if resume and (folder / MANIFEST).is_file():
                 manifest = _resumed(folder, fields, n_tokens, tokens_per_shard)
             else:
@@ -113,12 +127,19 @@ class Coordinator:
                     }
                     for i, (lo, hi) in enumerate(plan_ranges(n_tokens, tokens_per_shard, parts))
                 ]
-                preflight(folder, fields, n_tokens, tokens_per_shard)
-            write_manifest(folder, manifest)
+                if remote is None:  # a remote store's ranges are staged, and checked, on their workers
+                    preflight(folder, fields, n_tokens, tokens_per_shard)
+            coordinator = cls(folder, manifest, lock, remote)
+            coordinator._save()
         except BaseException:
             lock.release()
             raise
-        return cls(folder, manifest, lock)
+        return coordinator
+
+    @property
+    def location(self) -> str:
+        """Where readers find the store: its folder, or its URL."""
+        return self.remote.url if self.remote else str(self.folder)
 
     @property
     def ranges(self) -> list[dict[str, Any]]:
@@ -129,31 +150,41 @@ class Coordinator:
         return [i for i, r in enumerate(self.ranges) if r["status"] != "complete"]
 
     def range_path(self, index: int) -> Path:
+        """Range `index`'s folder in a local store."""
         return self.folder / self.ranges[index]["folder"]
+
+    def range_location(self, index: int) -> str:
+        """Where range `index`'s writer puts it: its folder, or (remote) its URL."""
+        rel = self.ranges[index]["folder"]
+        return f"{self.remote.url}/{rel}" if self.remote else str(self.folder / rel)
+
+    def _range_manifest(self, index: int) -> dict[str, Any] | None:
+        rel = self.ranges[index]["folder"]
+        if self.remote is not None:
+            return self.remote.read_json(f"{rel}/{MANIFEST}")
+        path = self.folder / rel
+        return load_manifest(path) if (path / MANIFEST).is_file() else None
 
     def range_done(self, index: int) -> bool:
         """Whether range `index`'s own store is complete (its writer finished, perhaps unrecorded)."""
-        path = self.range_path(index)
-        if not (path / MANIFEST).is_file():
-            return False
-        return load_manifest(path)["status"] == "complete"
+        sub = self._range_manifest(index)
+        return sub is not None and sub.get("status") == "complete"
 
     def complete(self, index: int) -> None:
         """Record range `index` as complete after checking its store, and list its shards if they now
         extend the complete prefix of the whole store."""
         entry = self.ranges[index]
-        path = self.range_path(index)
-        sub = load_manifest(path) if (path / MANIFEST).is_file() else {"status": None}
+        sub = self._range_manifest(index) or {"status": None}
         want = (entry["start"], entry["stop"] - entry["start"])
         if sub["status"] != "complete" or (sub.get("base_token", 0), sub["n_tokens"]) != want:
             raise WorkbenchError(
-                f"Range {index} of {self.folder} ({path}) is not a complete store of tokens "
-                f"{entry['start']:,}..{entry['stop']:,}; resume the capture (--resume) to finish it."
+                f"Range {index} of {self.location} ({self.range_location(index)}) is not a complete store of "
+                f"tokens {entry['start']:,}..{entry['stop']:,}; resume the capture (--resume) to finish it."
             )
         if [FieldSpec.from_json(d) for d in sub["fields"]] != [
             FieldSpec.from_json(d) for d in self.manifest["fields"]
         ]:
-            raise WorkbenchError(f"Range {index} of {self.folder} holds other fields than the store.")
+            raise WorkbenchError(f"Range {index} of {self.location} holds other fields than the store.")
         shards = []
         for shard in sub["shards"]:
             file = f"{entry['folder']}/{shard['file']}"
@@ -165,10 +196,10 @@ class Coordinator:
                     "stop": shard["stop"] + entry["start"],
                 }
             )
-            problem = size_problem(self.folder, shards[-1])
+            problem = self._size_problem(shards[-1])
             if problem:
                 raise WorkbenchError(
-                    f"Range {index} of {self.folder}: shard {file} is {problem}; re-capture it."
+                    f"Range {index} of {self.location}: shard {file} is {problem}; re-capture it."
                 )
         entry.update(status="complete", completed=now(), shards=shards)
         listed = []
@@ -178,7 +209,21 @@ class Coordinator:
             listed += r["shards"]
         self.manifest["shards"] = listed
         self.manifest["tokens_written"] = listed[-1]["stop"] if listed else 0
+        self._save()
+
+    def _size_problem(self, entry: dict[str, Any]) -> str | None:
+        if self.remote is None:
+            return size_problem(self.folder, entry)
+        size = self.remote.size(entry["file"])
+        if size is None:
+            return "missing"
+        return None if size == entry["bytes"] else f"{size:,} bytes, not {entry['bytes']:,}"
+
+    def _save(self) -> None:
+        """Write the manifest durably, and (remote) upload it: readers of the URL see it from then on."""
         write_manifest(self.folder, self.manifest)
+        if self.remote is not None:
+            self.remote.upload(self.folder / MANIFEST, MANIFEST)
 
     def close(self) -> None:
         """Mark the store complete (every range must be) and release it."""
@@ -186,17 +231,35 @@ class Coordinator:
             missing = self.pending()
             if missing:
                 raise WorkbenchError(
-                    f"The store {self.folder} still misses ranges {missing}; resume the capture (--resume)."
+                    f"The store {self.location} still misses ranges {missing}; resume the capture (--resume)."
                 )
             self.manifest["status"] = "complete"
             self.manifest["completed"] = now()
-            write_manifest(self.folder, self.manifest)
+            self._save()
         finally:
             self._lock.release()
 
     def release(self) -> None:
         """Let go of the store after an error; its complete ranges stay, the rest resume later."""
         self._lock.release()
+
+
+def _stage(remote: Remote, folder: Path, resume: bool) -> None:
+    """Make the (locked) staging folder of a remote store ready: empty for a fresh store, which the remote
+    must not hold yet; holding the remote's coordinating manifest for a resumed one."""
+    if not resume:
+        if remote.has_files():
+            raise WorkbenchError(
+                f"{remote.url} is not empty. Pass --resume (resume=True) to continue the capture there, or "
+                "choose a new URL."
+            )
+        for item in folder.iterdir():  # an earlier attempt that never uploaded anything
+            if item.name != LOCK:
+                shutil.rmtree(item) if item.is_dir() else item.unlink()
+        return
+    manifest = remote.read_json(MANIFEST)
+    if manifest is not None:  # the remote is what readers see, and what every range was checked against
+        write_manifest(folder, manifest)
 
 
 def _resumed(folder: Path, fields: list[FieldSpec], n_tokens: int, tokens_per_shard: int) -> dict[str, Any]:

@@ -23,31 +23,50 @@ from safetensors import safe_open
 from workbench.errors import WorkbenchError
 from workbench.store.format import (
     DTYPES,
+    MANIFEST,
     META_DTYPE,
     META_FIELDS,
     SAFETENSORS_DTYPES,
     SHARD_METADATA_KEY,
     FieldSpec,
+    check_manifest,
     checksum_file,
     field_key,
     load_manifest,
     meta_key,
     size_problem,
 )
+from workbench.store.remote import Remote, is_remote, read_cache
 
 BLOCKS_PER_SHARD = 16  # shuffle granularity: a batch mixes tokens from ~16 random places in the store
 
 
 class StoreReader:
-    """Reads a store folder; a store still being written reads as the shards durable so far.
+    """Reads a store folder or URL; a store still being written reads as the shards durable so far.
+
+    A store on object storage (`s3://…`) is read through a local `cache` folder (default: one per store
+    URL and capture under the workbench cache), each shard downloaded the first time it is read.
 
     `verify` (default True): check each shard's checksum when this reader first opens it, and refuse a
     changed shard. `verify=False` skips that (the size and header checks still run on every read).
     """
 
-    def __init__(self, path: str | Path, verify: bool = True) -> None:
-        self.path = Path(path).expanduser()
-        self.manifest: dict[str, Any] = load_manifest(self.path)
+    def __init__(self, path: str | Path, verify: bool = True, cache: str | Path | None = None) -> None:
+        self.location = str(path)  # as given: a folder, or an object-storage URL
+        self._remote = Remote(self.location) if is_remote(path) else None
+        if self._remote is None:
+            self.path = Path(path).expanduser()
+            self.manifest: dict[str, Any] = load_manifest(self.path)
+        else:  # shards are downloaded into `cache` (a folder per store and capture) as they are first read
+            manifest = self._remote.read_json(MANIFEST)
+            if manifest is None:
+                raise WorkbenchError(
+                    f"{self.location} is not an activation store: it has no {MANIFEST}. Give the URL a "
+                    "capture wrote into (workbench capture --store URL)."
+                )
+            self.manifest = check_manifest(manifest, f"{self._remote.url}/{MANIFEST}")
+            created = f"{self._remote.url}#{self.manifest['created']}"
+            self.path = Path(cache).expanduser() if cache is not None else read_cache(created)
         self.fields: dict[str, FieldSpec] = {
             f.name: f for f in (FieldSpec.from_json(d) for d in self.manifest["fields"])
         }
@@ -70,7 +89,7 @@ class StoreReader:
         """Every shard that is missing, truncated or changed (checksum), with what is wrong with it."""
         problems = {}
         for i, entry in enumerate(self.shards):
-            problem = size_problem(self.path, entry) or self._checksum_problem(i)
+            problem = self._size_problem(i) or self._checksum_problem(i)
             if problem:
                 problems[entry["file"]] = problem
         return problems
@@ -147,7 +166,7 @@ class StoreReader:
             if name not in self.fields:
                 near = difflib.get_close_matches(name, list(self.fields), n=3, cutoff=0.5)
                 hint = f"did you mean {', '.join(near)}?" if near else f"it holds {', '.join(self.fields)}."
-                raise WorkbenchError(f"The store {self.path} has no field {name!r}; {hint}")
+                raise WorkbenchError(f"The store {self.location} has no field {name!r}; {hint}")
         return {n: field_key(n) for n in fields} | {m: meta_key(m) for m in META_FIELDS}
 
     def _indices(self, index: int | slice | torch.Tensor) -> tuple[torch.Tensor, bool]:
@@ -207,11 +226,11 @@ class StoreReader:
         """Open shard `i` after checking its size, its range and the shapes/dtypes of `keys`."""
         entry = self.shards[i]
         name, rows = entry["file"], entry["stop"] - entry["start"]
-        problem = size_problem(self.path, entry)
+        problem = self._size_problem(i)
         if problem is None and self._verify and i not in self._verified:
             problem = self._checksum_problem(i)
         if problem:
-            raise WorkbenchError(f"Damaged store {self.path}: shard {name} is {problem}. {_REDO}")
+            raise WorkbenchError(f"Damaged store {self.location}: shard {name} is {problem}. {_REDO}")
         try:
             handle = safe_open(self.path / name, framework="pt")
             header = json.loads((handle.metadata() or {}).get(SHARD_METADATA_KEY, "{}"))
@@ -229,7 +248,7 @@ class StoreReader:
                     )
         except Exception as e:  # safetensors raises its own error types for bad headers
             raise WorkbenchError(
-                f"Damaged store {self.path}: shard {name} is unreadable ({e}). {_REDO}"
+                f"Damaged store {self.location}: shard {name} is unreadable ({e}). {_REDO}"
             ) from e
         try:
             yield handle
@@ -242,6 +261,17 @@ class StoreReader:
             return [rows], SAFETENSORS_DTYPES[META_DTYPE]
         spec = self.fields[name]
         return [rows, *spec.shape], SAFETENSORS_DTYPES[spec.dtype]
+
+    def _size_problem(self, i: int) -> str | None:
+        """Why shard `i` cannot be read as listed (a stat); a remote store's shard is downloaded first,
+        unless the cache already holds all of its bytes."""
+        entry = self.shards[i]
+        if self._remote is not None and size_problem(self.path, entry) is not None:
+            try:
+                self._remote.download(entry["file"], self.path / entry["file"])
+            except FileNotFoundError:
+                return f"missing from {self._remote.url}"
+        return size_problem(self.path, entry)
 
     def _checksum_problem(self, i: int) -> str | None:
         """Hash shard `i` (a whole pass over the file); remember it when it matches the manifest."""
