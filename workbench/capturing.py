@@ -85,6 +85,7 @@ class CaptureResult(Result):
     provenance: Provenance
     attention_entropy: dict[str, list[float]] = field(default_factory=dict)  # layer -> per head
     expert_load: dict[str, list[float]] = field(default_factory=dict)  # layer -> per expert
+    store: str = "store"  # where the store is: relative to the run folder, or a path or URL of its own
 
     def table(self) -> pd.DataFrame:
         """One row per stored field with its size; the last row is the whole store (shards included)."""
@@ -170,13 +171,22 @@ def capture_to_run(
     progress: bool = True,
     n_tokens: int | None = None,
     workers=None,
+    store: str | None = None,
 ) -> CaptureResult:
     """Capture `probes` over `windows` into run.path/store (resumable), and save a CaptureResult in `run`.
 
     `workers` (`workbench.scale.cluster.Workers`): one Ray task per range of shards, all writing into one
-    coordinated store (`workbench.scale.capture`) that reads as this store would."""
+    coordinated store (`workbench.scale.capture`) that reads as this store would. `store`: the store's
+    location instead of run.path/store (a folder, file:// URL, or with `workers` object storage)."""
     from workbench.probes.capture import ReducerSink, StoreSink, capture
     from workbench.store import inspect_store
+    from workbench.store.ranges import store_location
+    from workbench.store.remote import is_remote
+
+    if store is not None and is_remote(store) and workers is None:
+        raise WorkbenchError(_REMOTE_NEEDS_WORKERS.format(store=store))
+    location = store if store is not None and is_remote(store) else None
+    location = location or (store_location(store) if store is not None else run.path / "store")
 
     per_batch = windows.context * batch_size  # shards hold whole batches, so resumes repeat batches exactly
     per_shard = shard_tokens(probes, handle, windows.context, batch_size)
@@ -184,7 +194,7 @@ def capture_to_run(
         per_shard = -(-tokens_per_shard // per_batch) * per_batch
     info = {"model": handle.facts.to_dict(), "data": windows.slice_info, "command": run.command}
     if resume:
-        _check_same_capture(run.path / "store", info)
+        _check_same_capture(location, info)
     entropy, load = AttentionEntropyReducer(), ExpertLoadReducer(handle.facts.n_experts or 1)
     if workers is not None:
         from workbench.scale.capture import sharded_capture
@@ -193,7 +203,7 @@ def capture_to_run(
             handle,
             windows,
             probes,
-            run.path / "store",
+            location,
             info,
             workers=workers,
             batch_size=batch_size,
@@ -206,7 +216,7 @@ def capture_to_run(
         )
         refold = outcome.reducers is None
     else:
-        store = StoreSink(run.path / "store", info, resume=resume, tokens_per_shard=per_shard)
+        store = StoreSink(location, info, resume=resume, tokens_per_shard=per_shard)
         capture(  # the run folder says "running" once the store is open (its checks and lock passed)
             handle,
             windows,
@@ -219,8 +229,8 @@ def capture_to_run(
         refold = store.resumed_from > 0
     if refold:  # the reducers saw only the new tokens: fold them again over the whole store
         entropy, load = AttentionEntropyReducer(), ExpertLoadReducer(handle.facts.n_experts or 1)
-        _fold_store(run.path / "store", [entropy, load])
-    summary = inspect_store(run.path / "store")
+        _fold_store(location, [entropy, load])
+    summary = inspect_store(location)
     result = CaptureResult(
         model=handle.name,
         tokens=summary["tokens"],
@@ -228,6 +238,7 @@ def capture_to_run(
         fields=summary["hooks"],
         bytes=summary["bytes"],
         shards=summary["shards"],
+        store=str(location) if store is not None else "store",
         provenance=Provenance(
             model=handle.facts.to_dict(),
             data=windows.slice_info,
@@ -241,17 +252,30 @@ def capture_to_run(
         attention_entropy={str(k): v for k, v in entropy.result().items()},
         expert_load={str(k): v for k, v in load.result().items()},
     )
-    run.save([result], files=["store"])
+    run.save([result], files=["store"] if store is None else [])
     return result
 
 
-def check_capture_out(out, resume: bool) -> None:
-    """Refuse, before anything is written, an --out whose store this capture must not write into."""
+_REMOTE_NEEDS_WORKERS = (
+    "{store} is object storage, which a capture writes through coordinated workers (each range staged "
+    "locally, then uploaded): add --workers N (1 or more; the `scale` extra)."
+)
+
+
+def check_capture_out(out, resume: bool, store: str | None = None, workers: int | None = None) -> None:
+    """Refuse, before anything is written, an --out (or --store) whose store this capture must not write
+    into; a store on object storage is checked when its coordinator opens it."""
     from pathlib import Path
 
     from workbench.store.opening import check_folder
+    from workbench.store.ranges import store_location
+    from workbench.store.remote import is_remote
 
-    check_folder(Path(out).expanduser() / "store", resume)
+    if store is not None and is_remote(store):
+        if workers is None:
+            raise WorkbenchError(_REMOTE_NEEDS_WORKERS.format(store=store))
+        return
+    check_folder(store_location(store) if store is not None else Path(out).expanduser() / "store", resume)
 
 
 def _fold_store(path, reducers: list) -> None:
@@ -270,11 +294,16 @@ def _fold_store(path, reducers: list) -> None:
 
 def _check_same_capture(path, info: dict) -> None:
     """Refuse to resume a store that another model or another data slice started."""
-    from workbench.store import StoreReader
+    from workbench.store.format import MANIFEST, load_manifest
+    from workbench.store.remote import Remote, is_remote
 
-    if not (path / "store.json").is_file():
+    if is_remote(path):
+        manifest = Remote(str(path)).read_json(MANIFEST)
+    else:
+        manifest = load_manifest(path) if (path / MANIFEST).is_file() else None
+    if manifest is None:
         return
-    before = StoreReader(path).manifest.get("info", {})
+    before = manifest.get("info", {})
     for key, now in (("model", info["model"]["checkpoint"]), ("data", info["data"])):
         then = before.get("model", {}).get("checkpoint") if key == "model" else before.get("data")
         if then != now:

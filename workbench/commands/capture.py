@@ -33,6 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--resume", action="store_true", help="continue an interrupted capture in --out")
     g.add_argument(
+        "--store",
+        metavar="LOCATION",
+        help="write the store here: a folder, a file:// URL, or object storage (s3://bucket/prefix, "
+        "with --workers; staged locally, uploaded range by range) (default: OUT/store)",
+    )
+    g.add_argument(
         "--shard-tokens", type=positive_int, help="tokens per shard (default: about 64 MB, whole batches)"
     )
     workers_flags(parser, "capture")
@@ -47,7 +53,7 @@ def run(args: argparse.Namespace) -> dict:
         raise WorkbenchError("capture needs --out DIR: the folder that will hold the store.")
     if not (args.hooks or args.attention or args.routing):
         raise WorkbenchError("Nothing to capture: give --hooks PATTERN, --attention and/or --routing.")
-    check_capture_out(args.out, args.resume)  # refuse before the run folder is touched
+    check_capture_out(args.out, args.resume, args.store, args.workers)  # before the run folder is touched
     workers = workers_of(args)
     folder = RunFolder.create(args.out, "capture", args.command_line)
     with folder:
@@ -76,10 +82,12 @@ def run(args: argparse.Namespace) -> dict:
             tokens_per_shard=args.shard_tokens,
             n_tokens=args.tokens,
             workers=workers,
+            store=args.store,
         )
     if not args.json:
+        where = args.store or folder.path / "store"
         print(
             f"captured {result.tokens} tokens, {len(result.fields)} fields, {result.bytes / 1e6:.1f} MB "
-            f"in {result.shards} shards: {folder.path / 'store'}"
+            f"in {result.shards} shards: {where}"
         )
     return {k: v for k, v in result.to_dict().items() if k != "kind"}

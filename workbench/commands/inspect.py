@@ -9,14 +9,19 @@ from workbench.commands.flags import FailedWith
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dir", type=Path, help="a capture run folder or a store folder")
+    parser.add_argument(
+        "dir", help="a capture run folder, a store folder, or a store's URL (s3://bucket/prefix)"
+    )
     parser.add_argument("--verify", action="store_true", help="check every shard's checksum")
 
 
 def run(args: argparse.Namespace) -> dict:
     from workbench.store import inspect_store
+    from workbench.store.remote import is_remote
 
-    path = args.dir / "store" if (args.dir / "store").is_dir() else args.dir
+    path = args.dir if is_remote(args.dir) else Path(args.dir).expanduser()
+    if isinstance(path, Path) and (path / "store").is_dir():
+        path = path / "store"
     summary = inspect_store(path, verify=args.verify)
     if not args.json:
         state = "complete" if summary["complete"] else "incomplete"

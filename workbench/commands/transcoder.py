@@ -49,7 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--k", type=positive_int, default=defaults.K, help="topk: features kept per token")
     g.add_argument("--l1", type=float, help="relu: L1 coefficient λ (default 3e-3, see the loss in train.py)")
     g.add_argument("--skip", action="store_true", help="add a linear skip connection x W_skipᵀ")
-    g.add_argument("--store", type=Path, help="train from this paired capture store instead of the model")
+    g.add_argument(
+        "--store",
+        help="train from this paired capture store instead of the model: a folder or URL (s3://bucket/prefix)",
+    )
     g.add_argument(
         "--batch-tokens", type=positive_int, default=defaults.BATCH_TOKENS, help="tokens per optimiser step"
     )
