@@ -216,17 +216,17 @@ def capture_to_run(
         )
         refold = outcome.reducers is None
     else:
-        store = StoreSink(location, info, resume=resume, tokens_per_shard=per_shard)
+        sink = StoreSink(location, info, resume=resume, tokens_per_shard=per_shard)
         capture(  # the run folder says "running" once the store is open (its checks and lock passed)
             handle,
             windows,
             probes,
-            TeeSink(store, ReducerSink([entropy, load]), opened=run.begin),
+            TeeSink(sink, ReducerSink([entropy, load]), opened=run.begin),
             batch_size=batch_size,
             progress=progress,
             n_tokens=n_tokens,
         )
-        refold = store.resumed_from > 0
+        refold = sink.resumed_from > 0
     if refold:  # the reducers saw only the new tokens: fold them again over the whole store
         entropy, load = AttentionEntropyReducer(), ExpertLoadReducer(handle.facts.n_experts or 1)
         _fold_store(location, [entropy, load])

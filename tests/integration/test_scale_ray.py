@@ -12,15 +12,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import ray
 import torch
+from gated_probe import GatedProbe
 
 from workbench.cli import main
 from workbench.corpus import windows_for
@@ -34,9 +33,6 @@ from workbench.sparsity.run import SparsitySettings, run_sparsity
 from workbench.store import StoreReader
 from workbench.transcoders.features import feature_table
 from workbench.transcoders.model import Transcoder, TranscoderConfig
-
-# the gated probe below is defined here: Ray's workers get it by value, not by importing this file
-ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 @pytest.fixture(scope="module")
@@ -87,29 +83,6 @@ def test_a_sharded_capture_equals_the_one_process_capture(cluster, tmp_path, cap
     fields = list(StoreReader(tmp_path / "two" / "store").fields.values())
     with pytest.raises(WorkbenchError, match="coordinated store"):
         StoreSink(tmp_path / "two" / "store", {}, resume=True).open(fields, 1024)
-
-
-@dataclass
-class GatedProbe(ActivationProbe):
-    """An activation probe whose first worker to reach `after` batches takes `gate` (a file made
-    exclusively), writes its pid there and then hangs until it is killed; any other runs on."""
-
-    gate: str = ""
-    after: int = 3
-
-    def take(self, batch: int, pos: int) -> dict[str, torch.Tensor]:
-        out = super().take(batch, pos)
-        self.after -= 1
-        if self.after == 0:
-            try:
-                fd = os.open(self.gate, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                return out
-            os.write(fd, str(os.getpid()).encode())
-            os.close(fd)
-            while True:  # held here, mid-range, until the test kills this worker
-                time.sleep(0.05)
-        return out
 
 
 def test_a_killed_worker_leaves_its_range_to_resume(cluster, tmp_path):

@@ -92,9 +92,9 @@ def test_store_locations_are_local_paths_or_file_urls(tmp_path):
 
 def _upload_range(coord: Coordinator, i: int, per_shard: int) -> None:
     """What a worker does for a remote range: write it in its staging folder, upload it, drop the copy."""
-    r, url = coord.ranges[i], coord.range_location(i)
+    r, url, staged = coord.ranges[i], coord.range_location(i), staging_folder(coord.range_staging_key(i))
     writer = StoreWriter.open(
-        staging_folder(url),
+        staged,
         FIELDS,
         r["stop"] - r["start"],
         {},
@@ -104,7 +104,7 @@ def _upload_range(coord: Coordinator, i: int, per_shard: int) -> None:
     )
     writer.append(*_tokens(r["start"], r["stop"]))
     writer.close()
-    Remote(url).upload_store(staging_folder(url))
+    Remote(url).upload_store(staged)
 
 
 def test_a_store_on_object_storage_is_staged_uploaded_and_read_through_a_cache(tmp_path, monkeypatch):

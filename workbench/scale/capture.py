@@ -50,16 +50,17 @@ def capture_range(
     batch_size: int,
     tokens_per_shard: int,
     reducers: list,
+    staging_key: str | None = None,
 ) -> tuple[int, list]:
     """One range's task: capture `n_tokens` of `windows` into the range store `folder` (resuming it),
     folding `reducers` alongside; returns (tokens the store held before, the reducers).
 
-    A `folder` on object storage is written into this worker's staging folder for it, uploaded once
-    complete, and the staged copy removed."""
+    A `folder` on object storage is written into this worker's staging folder for `staging_key`
+    (`Coordinator.range_staging_key`), uploaded once complete, and the staged copy removed."""
     from workbench.probes.capture import ReducerSink, StoreSink, TeeSink, capture
 
     remote = Remote(folder) if is_remote(folder) else None
-    local = staging_folder(remote.url) if remote else Path(folder)
+    local = staging_folder(staging_key or remote.url) if remote else Path(folder)
     store = StoreSink(local, info, resume=True, tokens_per_shard=tokens_per_shard, base_token=start)
     sink = TeeSink(store, ReducerSink(reducers))
     capture(handle, windows, probes, sink, batch_size=batch_size, progress=False, n_tokens=n_tokens)
@@ -176,6 +177,7 @@ def _run(
                 batch_size,
                 tokens_per_shard,
                 reducers,
+                coord.range_staging_key(i),
             )
             refs[remote.remote(recipe, capture_range, part, args, threads)] = i
         tokens = sum(coord.ranges[i]["stop"] - coord.ranges[i]["start"] for i in todo)

@@ -158,6 +158,14 @@ class Coordinator:
         rel = self.ranges[index]["folder"]
         return f"{self.remote.url}/{rel}" if self.remote else str(self.folder / rel)
 
+    def range_staging_key(self, index: int) -> str | None:
+        """(remote) What names range `index`'s staging folder on whichever worker writes it
+        (`workbench.store.remote.staging_folder`): its URL and the store's creation time, so that a fresh
+        capture to the same URL never resumes another capture's staged shards; None for a local store."""
+        if self.remote is None:
+            return None
+        return f"{self.range_location(index)}#{self.manifest['created']}"
+
     def _range_manifest(self, index: int) -> dict[str, Any] | None:
         rel = self.ranges[index]["folder"]
         if self.remote is not None:

@@ -168,7 +168,7 @@ class TrainRequest:
     text: tuple[str, ...] | None = None
     context: int = 128
     seed: int = 0
-    store: Path | None = None
+    store: str | Path | None = None  # a folder or URL
     resume: bool = False
     windows_per_forward: int = 8
     threads: int | None = None  # torch threads of each process (None: torch's default)

@@ -127,7 +127,7 @@ def train_transcoder(
     settings: TranscoderSettings = TranscoderSettings(),
     *,
     out: Path,
-    store: Path | None = None,
+    store: str | Path | None = None,
     resume: bool = False,
     windows_per_forward: int = 8,
     progress: bool = True,
