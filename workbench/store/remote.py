@@ -19,12 +19,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from workbench.cache import cache_dir
 from workbench.errors import WorkbenchError
-from workbench.store.format import MANIFEST, temp_name
+from workbench.store.format import MANIFEST
 
 LOCAL_PROTOCOLS = {"file", "local"}
 
@@ -115,8 +116,14 @@ class Remote:
         self.upload(local / MANIFEST, prefix + MANIFEST)
 
     def download(self, rel: str, local: Path) -> None:
-        """Copy `rel` to the local file (through a temp file, so a cut download never looks whole)."""
+        """Copy `rel` to the local file through a temp file of this process's own, so a cut download never
+        looks whole and readers in several processes (DDP) can share one cache."""
         local.parent.mkdir(parents=True, exist_ok=True)
-        tmp = local.with_name(temp_name(local.name))
-        self.fs.get_file(self._path(rel), str(tmp))
-        os.replace(tmp, local)
+        fd, tmp = tempfile.mkstemp(dir=local.parent, prefix=f".{local.name}.", suffix=".part")
+        os.close(fd)
+        try:
+            self.fs.get_file(self._path(rel), tmp)
+            os.replace(tmp, local)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
