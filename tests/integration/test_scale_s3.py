@@ -174,3 +174,19 @@ def test_a_killed_worker_resumes_from_its_staged_shards(bucket, tmp_path):
     resumed = Remote(url).read_json(f"ranges/{killed:05d}/store.json")
     assert resumed["resumes"][0]["tokens_done"] == partial["tokens_written"]  # went on from its shards
     _same_store(one, url, tmp_path / "cache")
+
+
+def test_a_transcoder_trains_from_the_bucket_as_from_the_local_store(bucket, tmp_path, capsys):
+    url = f"{bucket}/pairs"
+    cap = ["capture", "--model", "tiny-relu", "--context", "32", "--tokens", "2048", "--batch-size", "4"]
+    cap += ["--hooks", "blocks.1.mlp.hook_in", "--hooks", "blocks.1.mlp.hook_out", "--shard-tokens", "256"]
+    assert main([*cap, "--out", str(tmp_path / "local")]) == 0
+    assert main([*cap, "--out", str(tmp_path / "remote"), "--store", url, "--workers", "2"]) == 0
+    train = ["transcoder", "train", "--model", "tiny-relu", "--layer", "1", "--width", "64", "--k", "4"]
+    train += ["--batch-tokens", "256", "--tokens", "4096", "--json"]
+    assert main([*train, "--store", str(tmp_path / "local" / "store"), "--out", str(tmp_path / "a")]) == 0
+    assert main([*train, "--store", url, "--out", str(tmp_path / "b")]) == 0
+    capsys.readouterr()
+    a, b = (json.loads((tmp_path / d / "results.json").read_text())["results"][0] for d in "ab")
+    assert a["source"] != b["source"] and url in b["source"]
+    assert len(a["curve"]) > 1 and a["curve"] == b["curve"]  # the same batches, bit for bit
