@@ -23,6 +23,7 @@ import s3fs
 import torch
 from gated_probe import GatedProbe
 from moto.server import ThreadedMotoServer
+from safetensors.torch import load_file
 
 from workbench.cli import main
 from workbench.corpus import windows_for
@@ -189,4 +190,6 @@ def test_a_transcoder_trains_from_the_bucket_as_from_the_local_store(bucket, tmp
     capsys.readouterr()
     a, b = (json.loads((tmp_path / d / "results.json").read_text())["results"][0] for d in "ab")
     assert a["source"] != b["source"] and url in b["source"]
-    assert len(a["curve"]) > 1 and a["curve"] == b["curve"]  # the same batches, bit for bit
+    assert a["curve"] == b["curve"] and a["curve"][-1]["tokens"] == 4096
+    wa, wb = (load_file(tmp_path / d / "checkpoint" / "weights.safetensors") for d in "ab")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)  # the same batches
