@@ -72,6 +72,7 @@ def test_ranges_written_apart_read_as_one_store_equal_to_a_single_writer(tmp_pat
     key = lambda s: (s["start"], s["stop"], s["bytes"], s["xxh3_128"])  # noqa: E731
     assert [key(s) for s in a.shards] == [key(s) for s in b.shards]  # byte for byte, shard by shard
     assert all(torch.equal(a.read(slice(None))[k], b.read(slice(None))[k]) for k in ("act", *META))
+    assert len(StoreReader(f"file://{tmp_path / 'many'}")) == 100  # read through a file:// URL too
     sub = StoreReader(tmp_path / "many" / "ranges" / "00001")  # a range reads alone too
     assert torch.equal(sub.read(slice(None))["act"], a.read(slice(32, 64))["act"])
 

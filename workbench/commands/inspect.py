@@ -10,16 +10,17 @@ from workbench.commands.flags import FailedWith
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "dir", help="a capture run folder, a store folder, or a store's URL (s3://bucket/prefix)"
+        "dir", help="a capture run folder, a store folder, or a store's URL (file://, s3://bucket/prefix)"
     )
     parser.add_argument("--verify", action="store_true", help="check every shard's checksum")
 
 
 def run(args: argparse.Namespace) -> dict:
     from workbench.store import inspect_store
+    from workbench.store.ranges import store_location
     from workbench.store.remote import is_remote
 
-    path = args.dir if is_remote(args.dir) else Path(args.dir).expanduser()
+    path = args.dir if is_remote(args.dir) else store_location(args.dir)
     if isinstance(path, Path) and (path / "store").is_dir():
         path = path / "store"
     summary = inspect_store(path, verify=args.verify)

@@ -36,6 +36,7 @@ from workbench.store.format import (
     meta_key,
     size_problem,
 )
+from workbench.store.ranges import store_location
 from workbench.store.remote import Remote, is_remote, read_cache
 
 BLOCKS_PER_SHARD = 16  # shuffle granularity: a batch mixes tokens from ~16 random places in the store
@@ -55,7 +56,7 @@ class StoreReader:
         self.location = str(path)  # as given: a folder, or an object-storage URL
         self._remote = Remote(self.location) if is_remote(path) else None
         if self._remote is None:
-            self.path = Path(path).expanduser()
+            self.path = store_location(path)  # a folder, or a file:// URL
             self.manifest: dict[str, Any] = load_manifest(self.path)
         else:  # shards are downloaded into `cache` (a folder per store and capture) as they are first read
             manifest = self._remote.read_json(MANIFEST)
