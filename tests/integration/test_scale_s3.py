@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import threading
 import time
@@ -33,7 +34,7 @@ from workbench.probes.capture import ActivationProbe, StoreSink, capture
 from workbench.scale.capture import sharded_capture
 from workbench.scale.cluster import Workers
 from workbench.store import StoreReader
-from workbench.store.remote import Remote, staging_folder
+from workbench.store.remote import Remote, read_cache, staging_folder
 
 BUCKET = "workbench-test"
 
@@ -193,3 +194,11 @@ def test_a_transcoder_trains_from_the_bucket_as_from_the_local_store(bucket, tmp
     assert a["curve"] == b["curve"] and a["curve"][-1]["tokens"] == 4096
     wa, wb = (load_file(tmp_path / d / "checkpoint" / "weights.safetensors") for d in "ab")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)  # the same batches
+    # two DDP processes downloading into one shared, emptied cache: the same global batches
+    cache = read_cache(f"{url}#{Remote(url).read_json('store.json')['created']}")
+    assert cache.is_dir()
+    shutil.rmtree(cache)
+    assert main([*train, "--store", url, "--nproc", "2", "--out", str(tmp_path / "c")]) == 0
+    wc = load_file(tmp_path / "c" / "checkpoint" / "weights.safetensors")
+    assert all(torch.allclose(wa[k], wc[k], atol=1e-5) for k in wa)
+    assert not list(cache.rglob("*.part"))  # each process's temp files were renamed or removed
