@@ -452,7 +452,7 @@ def test_sparsity_edits_and_result_set_from_code(sparsity, handle, sparse_window
 def test_sparsity_of_a_text(handle):
     from workbench.sparsity import SparsitySettings, run_sparsity
     from workbench.widgets import SparsityExplorer
-    from workbench.widgets.sparsity_explorer import text_windows
+    from workbench.widgets.sparsity_data import text_windows
 
     widget = SparsityExplorer(handle, TEXT, definition="topk@50")
     result = widget.wait()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from workbench.calibration import CalibrationSource, calibration_source, calibration_windows, source_of
 from workbench.corpus import TokenWindows, check_context, random_windows
@@ -24,7 +24,7 @@ from workbench.results import Provenance
 from workbench.settings import Settings
 from workbench.sparsity.defaults import CALIBRATION_TOKENS, DENSE_THRESHOLD, INPUT_KINDS, INPUTS
 from workbench.sparsity.definitions import Definition, default_definition
-from workbench.sparsity.density import firing_histogram, mean_over_layers, measure
+from workbench.sparsity.density import DensityReducer, firing_histogram, mean_over_layers, measure
 from workbench.sparsity.result import SparsityResult
 from workbench.sparsity.thresholds import sparsity_calibration
 
@@ -169,29 +169,52 @@ def run_sparsity(
             progress=progress,
             workers=workers,
         )
-        rows = reducer.layer_stats(settings.dense_threshold)
-        by_input[kind] = {
-            "tokens": reducer.tokens,
-            "density_mean": mean_over_layers(rows),
-            "layers": [r["density_mean"] for r in rows],
-        }
-        if main is None:
-            main = (reducer, rows)
-    reducer, rows = main
+        by_input[kind] = input_density(reducer, settings.dense_threshold)
+        main = main or reducer
+    train = inputs["train"].slice_info if "train" in inputs else None
+    return sparsity_result(
+        handle, spec, settings, main, main_windows, by_input, calibration, calibration_tokens, train
+    )
+
+
+def input_density(reducer: DensityReducer, dense_threshold: float) -> dict[str, Any]:
+    """One input kind's entry of `SparsityResult.by_input`: tokens and mean density, overall and per layer."""
+    rows = reducer.layer_stats(dense_threshold)
+    return {
+        "tokens": reducer.tokens,
+        "density_mean": mean_over_layers(rows),
+        "layers": [r["density_mean"] for r in rows],
+    }
+
+
+def sparsity_result(
+    handle: ModelHandle,
+    spec: Definition,
+    settings: SparsitySettings,
+    reducer: DensityReducer,
+    windows: TokenWindows,
+    by_input: dict[str, dict[str, Any]],
+    calibration: TokenWindows | None,
+    calibration_tokens: int,
+    train_inputs: dict[str, Any] | None = None,
+) -> SparsityResult:
+    """The result of the `reducer` folded over the measured `windows`, with the definition, data and
+    settings that produced it; `run_sparsity` and the sparsity explorer both build theirs here."""
+    rows = reducer.layer_stats(settings.dense_threshold)
     by_domain = {
         d: (reducer.domain_active[:, i] / max(1, int(reducer.domain_tokens[i])) / reducer.d_mlp).tolist()
-        for i, d in enumerate(main_windows.domains)
+        for i, d in enumerate(windows.domains)
         if reducer.domain_tokens[i] > 0
     }
     provenance = Provenance(
         model=handle.facts.to_dict(),
-        data=main_windows.slice_info,
+        data=windows.slice_info,
         definition=spec.describe(handle.facts.gated_mlp),
         settings={
             "inputs": list(settings.inputs),
             "calibration_tokens": calibration_tokens,
             "calibration": calibration.slice_info if calibration else None,
-            "train_inputs": inputs["train"].slice_info if "train" in inputs else None,
+            "train_inputs": train_inputs,
             "dense_threshold": settings.dense_threshold,
             "batch_size": settings.batch_size,
         },

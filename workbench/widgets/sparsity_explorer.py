@@ -17,32 +17,28 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import altair as alt
 import ipywidgets as W
-import pandas as pd
 import torch
 
 from workbench.calibration import CalibrationSource, source_of
-from workbench.corpus import TokenWindows, check_context
+from workbench.corpus import TokenWindows
 from workbench.errors import WorkbenchError
 from workbench.models import ModelHandle
-from workbench.neurons import NeuronHooks, neuron_hooks, output_weights
-from workbench.probes.sinks import Additive
+from workbench.neurons import neuron_hooks, output_weights
 from workbench.replay.edits import Edit, Threshold, TopK, parse_edits
 from workbench.replay.session import ReplaySession
-from workbench.results import Provenance
-from workbench.sparsity.defaults import FIRING_BINS
 from workbench.sparsity.definitions import Definition, default_definition
-from workbench.sparsity.density import DensityReducer, firing_histogram, mean_over_layers
+from workbench.sparsity.density import DensityReducer
 from workbench.sparsity.result import SparsityResult
-from workbench.sparsity.run import SparsitySettings
-from workbench.sparsity.thresholds import calibrate, cett_threshold, sparsity_calibration
+from workbench.sparsity.run import SparsitySettings, input_density, sparsity_result
+from workbench.sparsity.thresholds import calibrate, sparsity_calibration
 from workbench.widgets import charts
 from workbench.widgets.live import LatestOnly
+from workbench.widgets.sparsity_data import ActivationCache, magnitudes, thresholds_of, windows_of
+from workbench.widgets.sparsity_views import by_layer_chart, firing_chart, summary_html
 from workbench.widgets.views import TokenView, message
 
 MAX_CACHE_BYTES = 256 * 2**20  # the captured activations kept for live updates (float32 a + bool pre > 0)
-CHUNK_TOKENS = 4096  # cached tokens folded per reducer update (bounds the temporaries)
 SHOWN_TOKENS = 512  # tokens of the first window shaded by their density
 KINDS = (
     ("exact_zero: a ≠ 0", "exact_zero"),
@@ -52,90 +48,6 @@ KINDS = (
     ("topk@K: among the K largest |a| of the token", "topk"),
 )
 DEFAULT_P, DEFAULT_R = 0.5, 0.2
-
-
-def text_windows(handle: ModelHandle, text: str) -> TokenWindows:
-    """One window holding the text's tokens (no BOS, no separator), of domain "text"."""
-    ids = handle.tokenizer(text, add_special_tokens=False)["input_ids"]
-    if not ids:
-        raise WorkbenchError("The text holds no tokens; give some text.")
-    if len(ids) > handle.facts.n_ctx:
-        raise WorkbenchError(
-            f"The text holds {len(ids)} tokens, more than {handle.name}'s {handle.facts.n_ctx} positions; "
-            "give a shorter text, or token windows (workbench.corpus.windows_for)."
-        )
-    n = len(ids)
-    return TokenWindows(
-        torch.tensor([ids], dtype=torch.long),
-        torch.zeros(1, n, dtype=torch.int32),
-        torch.zeros(1, n, dtype=torch.int16),
-        torch.arange(n, dtype=torch.int32)[None],
-        ["text"],
-        ["text"],
-        {"text": text, "tokens": n},
-    )
-
-
-def windows_of(handle: ModelHandle, source: Any) -> TokenWindows:
-    """Token windows of a text, of a replay session's batch, or as given."""
-    if isinstance(source, TokenWindows):
-        check_context(handle, source.context)
-        return source
-    if isinstance(source, ReplaySession):
-        tokens = source.engine.tokens.cpu()
-        b, n = tokens.shape
-        return TokenWindows(
-            tokens,
-            torch.zeros(b, n, dtype=torch.int32),
-            torch.zeros(b, n, dtype=torch.int16),
-            torch.arange(n, dtype=torch.int32).expand(b, n).contiguous(),
-            ["session"],
-            ["text"],
-            dict(source.data),
-        )
-    if isinstance(source, str):
-        return text_windows(handle, source)
-    raise WorkbenchError(
-        f"Give a text, token windows or a ReplaySession to measure, not {type(source).__name__}."
-    )
-
-
-class ActivationCache(Additive):
-    """A capture reducer that keeps, for every token and layer, the neuron activations a (float32) and
-    whether the pre-activation is > 0 (all the definitions read), plus each token's domain (merging
-    appends another cache's tokens after these)."""
-
-    additive = ("_post", "_pre", "_domain")
-
-    def __init__(self, hooks: list[NeuronHooks]) -> None:
-        self.hooks = hooks
-        self._post: dict[int, list[torch.Tensor]] = {h.layer: [] for h in hooks}
-        self._pre: dict[int, list[torch.Tensor]] = {h.layer: [] for h in hooks}
-        self._domain: list[torch.Tensor] = []
-
-    def update(self, values: dict[str, torch.Tensor], meta: dict[str, torch.Tensor]) -> None:
-        for h in self.hooks:
-            self._post[h.layer].append(values[h.post].float())
-            self._pre[h.layer].append(values[h.pre] > 0)
-        self._domain.append(meta["domain"])
-
-    def finish(self) -> None:
-        self.post = {layer: torch.cat(v) for layer, v in self._post.items()}
-        self.pre_positive = {layer: torch.cat(v) for layer, v in self._pre.items()}
-        self.domain = torch.cat(self._domain)
-        self._post, self._pre, self._domain = {}, {}, []
-
-    @property
-    def tokens(self) -> int:
-        return len(self.domain)
-
-    def chunks(self, size: int = CHUNK_TOKENS):
-        """(values, meta) as `capture` hands them to a reducer, `size` tokens at a time."""
-        for lo in range(0, self.tokens, size):
-            part = slice(lo, lo + size)
-            values = {h.post: self.post[h.layer][part] for h in self.hooks}
-            values |= {h.pre: self.pre_positive[h.layer][part] for h in self.hooks}
-            yield values, {"domain": self.domain[part]}
 
 
 @dataclass
@@ -482,52 +394,14 @@ class SparsityExplorer(W.VBox):
 
     def _result_of(self, spec: Definition, reducer: DensityReducer) -> SparsityResult:
         """The SparsityResult `run_sparsity` builds from the same reducer (inputs: the measured text)."""
-        settings = self.settings
-        rows = reducer.layer_stats(settings.dense_threshold)
-        windows = self.windows
         calibration = self._calibration if spec.needs_calibration else None
-        by_domain = {
-            d: (reducer.domain_active[:, i] / max(1, int(reducer.domain_tokens[i])) / reducer.d_mlp).tolist()
-            for i, d in enumerate(windows.domains)
-            if reducer.domain_tokens[i] > 0
-        }
         calibration_tokens = 0
         if calibration is not None:
             given = isinstance(self._calibration_arg, TokenWindows)
-            calibration_tokens = calibration.n_tokens if given else settings.calibration_tokens
-        provenance = Provenance(
-            model=self.handle.facts.to_dict(),
-            data=windows.slice_info,
-            definition=spec.describe(self.handle.facts.gated_mlp),
-            settings={
-                "inputs": list(settings.inputs),
-                "calibration_tokens": calibration_tokens,
-                "calibration": calibration.slice_info if calibration else None,
-                "train_inputs": None,
-                "dense_threshold": settings.dense_threshold,
-                "batch_size": settings.batch_size,
-            },
-            seed=settings.seed,
-        )
-        hooks = reducer.hooks
-        return SparsityResult(
-            model=self.handle.name,
-            definition=spec.name,
-            tokens=reducer.tokens,
-            density_mean=mean_over_layers(rows),
-            layers=rows,
-            by_input={
-                "heldout": {
-                    "tokens": reducer.tokens,
-                    "density_mean": mean_over_layers(rows),
-                    "layers": [r["density_mean"] for r in rows],
-                }
-            },
-            provenance=provenance,
-            by_domain=by_domain,
-            density_histograms={str(h.layer): reducer.histogram[j].tolist() for j, h in enumerate(hooks)},
-            firing_histograms={str(k): v for k, v in firing_histogram(reducer).items()},
-            thresholds={str(k): v for k, v in (reducer.thresholds or {}).items()},
+            calibration_tokens = calibration.n_tokens if given else self.settings.calibration_tokens
+        by_input = {"heldout": input_density(reducer, self.settings.dense_threshold)}
+        return sparsity_result(
+            self.handle, spec, self.settings, reducer, self.windows, by_input, calibration, calibration_tokens
         )
 
     def _draw(self, drawn: _Drawn) -> None:
@@ -601,93 +475,6 @@ class SparsityExplorer(W.VBox):
         super().close()
 
 
-def thresholds_of(
-    spec: Definition, handle: ModelHandle, hooks: list[NeuronHooks], values: dict[int, torch.Tensor]
-) -> dict[int, float]:
-    """Per-layer thresholds of `magnitude@p` or `cett@r` from calibration activations already captured:
-    the computation of `workbench.sparsity.thresholds.calibrate` after its capture, step for step (the
-    tests check that both agree)."""
-    out = {}
-    for h in hooks:
-        a = values[h.layer]
-        if spec.kind == "magnitude":  # a: the layer's magnitudes(), or any order of them
-            out[h.layer] = torch.quantile(a if a.ndim == 1 else magnitudes(a), spec.param).item()
-        else:
-            w_out = output_weights(handle, h.layer).float().cpu()  # beside the captured (CPU) values
-            out[h.layer] = cett_threshold(a, w_out, spec.param)
-    return out
-
-
-def magnitudes(a: torch.Tensor) -> torch.Tensor:
-    """The |a| values `calibrate` takes the quantile of: all of them, or its seeded random subsample of
-    2²⁴ when there are more (torch.quantile's limit)."""
-    flat = a.abs().flatten()
-    if flat.numel() > 2**24:
-        flat = flat[torch.randperm(flat.numel(), generator=torch.Generator().manual_seed(0))[: 2**24]]
-    return flat
-
-
 def _number(value: float) -> str:
     """A parameter as a definition name writes it: 0.5, 0.05, never 5e-2."""
     return f"{round(float(value), 6):.6f}".rstrip("0").rstrip(".") or "0"
-
-
-def summary_html(result: SparsityResult) -> str:
-    thresholds = ""
-    if result.thresholds:
-        values = ", ".join(f"L{k} {v:.4g}" for k, v in result.thresholds.items())
-        thresholds = f"<br>thresholds: {values}"
-    return (
-        f"<b>{result.definition}</b> on {result.tokens} tokens: mean density "
-        f"<b>{result.density_mean:.2%}</b> (sparsity {1 - result.density_mean:.2%}) · "
-        f"<span style='color:#555'>{result.provenance.definition}</span>{thresholds}"
-    )
-
-
-def by_layer_chart(result: SparsityResult) -> alt.Chart:
-    """Mean density per layer over all tokens, and per domain when the tokens come from several."""
-    rows = [
-        {"layer": i, "density": d, "tokens": "all"}
-        for i, d in enumerate(result.by_input["heldout"]["layers"])
-    ]
-    if len(result.by_domain) > 1:
-        rows += [
-            {"layer": i, "density": d, "tokens": domain}
-            for domain, values in result.by_domain.items()
-            for i, d in enumerate(values)
-        ]
-    return (
-        alt.Chart(pd.DataFrame(rows), width=300, height=180)
-        .mark_line(point=True)
-        .encode(
-            x="layer:O",
-            y=alt.Y("density:Q", title=f"mean density ({result.definition})"),
-            color=alt.Color("tokens:N", title="tokens"),
-            tooltip=["tokens", "layer", "density"],
-        )
-        .properties(title=f"{result.model}: density by layer")
-    )
-
-
-def firing_chart(result: SparsityResult, layer: int) -> alt.Chart:
-    """How many neurons of `layer` fire on each share of the tokens (FIRING_BINS bins)."""
-    hist = result.firing_histograms[str(layer)]
-    frame = pd.DataFrame(
-        {
-            "low": [i / FIRING_BINS for i in range(FIRING_BINS)],
-            "high": [(i + 1) / FIRING_BINS for i in range(FIRING_BINS)],
-            "neurons": hist,
-        }
-    )
-    return (
-        alt.Chart(frame, width=300, height=180)
-        .mark_bar()
-        .encode(
-            x=alt.X("low:Q", title="share of tokens a neuron fires on", scale=alt.Scale(domain=[0, 1])),
-            x2="high:Q",
-            y2=alt.datum(0),  # bars from zero (x and x2 would make them horizontal)
-            y=alt.Y("neurons:Q"),
-            tooltip=["low", "high", "neurons"],
-        )
-        .properties(title=f"layer {layer}: neuron firing frequency")
-    )
