@@ -5,6 +5,7 @@ logit differences for chosen tokens, and the residual stream's relative deviatio
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -51,6 +52,22 @@ def kl_per_token(base_logprobs: torch.Tensor, edited_logprobs: torch.Tensor) -> 
 def next_token_loss(logprobs: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """[B, T-1]: −log p(token t+1 | ≤ t)."""
     return -logprobs[:, :-1].gather(-1, tokens[:, 1:, None]).squeeze(-1)
+
+
+def versus(reference: torch.Tensor, edited: torch.Tensor, tokens: torch.Tensor) -> dict[str, Any]:
+    """The edited run against a reference run (log-probabilities [B, T, V]), as replay measures effects:
+    mean next-token CE of both and the mean of their per-token differences (float64), mean KL(reference ‖
+    edited), top-1 agreement, and the first sequence's per-token CE change (None for the last token)."""
+    ce_ref, ce_edit = next_token_loss(reference, tokens), next_token_loss(edited, tokens)
+    delta = ce_edit.double() - ce_ref.double()
+    return {
+        "ce_reference": float(ce_ref.double().mean()),
+        "ce_edited": float(ce_edit.double().mean()),
+        "ce_delta": float(delta.mean()),
+        "kl": float(kl_per_token(reference, edited).mean()),
+        "top1_agreement": float((reference.argmax(-1) == edited.argmax(-1)).float().mean()),
+        "per_token_ce_delta": delta[0].tolist() + [None],
+    }
 
 
 ROWS_PER_CHUNK = 16  # positions whose vocabulary-wide terms are computed together (see `effects`)

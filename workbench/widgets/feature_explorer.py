@@ -15,38 +15,31 @@ edit), which isolates what the feature itself does.
 
 from __future__ import annotations
 
-import atexit
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import altair as alt
 import ipywidgets as W
 import numpy as np
-import pandas as pd
 import torch
 
-from workbench.corpus import Document, TokenWindows, make_windows, windows_for
+from workbench.corpus import TokenWindows
 from workbench.errors import WorkbenchError
 from workbench.replay.edits import Edit, TranscoderSplice, dump_edits, parse_edits
-from workbench.replay.effects import kl_per_token, next_token_loss
+from workbench.replay.effects import kl_per_token, versus
 from workbench.replay.plan import checked_transcoder
 from workbench.replay.session import ReplayResult
 from workbench.transcoders.data import mlp_pairs_of
 from workbench.transcoders.features import FeatureTable, contexts, feature_table
-from workbench.transcoders.files import save_transcoder
 from workbench.transcoders.model import Transcoder
-from workbench.transcoders.run import load_any
 from workbench.widgets import charts
 from workbench.widgets.edit_explorer import session_of
+from workbench.widgets.feature_data import context_windows, transcoder_of
+from workbench.widgets.feature_views import comparison_html, histogram_chart
 from workbench.widgets.live import LatestOnly
 from workbench.widgets.views import TokenView, message
 
-CONTEXT = 64  # tokens per context window (fewer when the model has fewer positions)
-CONTEXT_TOKENS = 4096  # held-out tokens the feature statistics are measured on by default
 TOP_CONTEXTS = 5  # top-activating contexts shown per feature
 BEFORE, AFTER = 12, 3  # tokens shown before and after each top activation
 EFFECT_LIMIT = 256  # at most this many features are ablated one by one to sort by effect
@@ -74,113 +67,6 @@ class _Drawn:
     result: ReplayResult
     splice: ReplayResult
     versus: dict
-
-
-def transcoder_of(transcoder: str | Path | Transcoder) -> tuple[Transcoder, str]:
-    """The transcoder and the folder a splice edit names: a run folder as given, or an in-memory
-    transcoder written to a temporary folder (removed when Python exits) so that its edits replay."""
-    if isinstance(transcoder, Transcoder):
-        folder = tempfile.mkdtemp(prefix="workbench-transcoder-")
-        atexit.register(shutil.rmtree, folder, True)
-        save_transcoder(transcoder, Path(folder))
-        return transcoder, folder
-    if not isinstance(transcoder, str | Path) or not str(transcoder).strip():
-        raise WorkbenchError(
-            "Give the transcoder as a run folder (workbench transcoder train --out DIR) or a Transcoder: "
-            "FeatureExplorer(handle, text, transcoder='runs/tc')."
-        )
-    return load_any(transcoder), str(transcoder)
-
-
-def context_windows(handle, contexts: TokenWindows | str | list[str] | None) -> TokenWindows:
-    """Windows the feature statistics are measured on: given windows; a corpus name (NAME[:SPLIT]); texts
-    (each its own document); or, for None, held-out text of the shipped corpus."""
-    context = min(CONTEXT, handle.facts.n_ctx)
-    if isinstance(contexts, TokenWindows):
-        return contexts
-    if contexts is None or isinstance(contexts, str):
-        return windows_for(handle, corpus=contexts, context=context, n_tokens=CONTEXT_TOKENS)
-    texts = [str(t) for t in contexts]
-    if not texts:
-        raise WorkbenchError("contexts: give at least one text, a corpus name or token windows")
-    docs = [Document(str(i), "text", t) for i, t in enumerate(texts)]
-    total = sum(len(handle.tokenizer(t, add_special_tokens=False)["input_ids"]) + 1 for t in texts)
-    return make_windows(
-        docs, handle.tokenizer, min(context, total), handle.separator_token_id, {"texts": len(texts)}
-    )
-
-
-def versus(reference: torch.Tensor, edited: torch.Tensor, tokens: torch.Tensor) -> dict[str, Any]:
-    """The edited run against a reference run (log-probabilities [B, T, V]), as replay measures effects:
-    mean next-token CE of both and the mean of their per-token differences (float64), mean KL(reference ‖
-    edited), top-1 agreement, and the first sequence's per-token CE change (None for the last token)."""
-    ce_ref, ce_edit = next_token_loss(reference, tokens), next_token_loss(edited, tokens)
-    delta = ce_edit.double() - ce_ref.double()
-    return {
-        "ce_reference": float(ce_ref.double().mean()),
-        "ce_edited": float(ce_edit.double().mean()),
-        "ce_delta": float(delta.mean()),
-        "kl": float(kl_per_token(reference, edited).mean()),
-        "top1_agreement": float((reference.argmax(-1) == edited.argmax(-1)).float().mean()),
-        "per_token_ce_delta": delta[0].tolist() + [None],
-    }
-
-
-def histogram_chart(table: FeatureTable, feature: int) -> alt.Chart | None:
-    """The feature's nonzero activations on the context tokens, in the table's log-spaced bins."""
-    counts = table.histograms.get(str(feature))
-    if not counts or not any(counts):
-        return None
-    edges = table.histogram_edges
-    frame = pd.DataFrame({"low": edges[:-1], "high": edges[1:], "tokens": counts})
-    return (
-        alt.Chart(frame, width=300, height=140)
-        .mark_bar()
-        .encode(
-            x=alt.X("low:Q", scale=alt.Scale(type="log"), title="activation (nonzero)"),
-            x2="high:Q",
-            y2=alt.datum(0),  # bars from zero (x and x2 would make them horizontal)
-            y=alt.Y("tokens:Q", title="tokens"),
-            tooltip=["low", "high", "tokens"],
-        )
-        .properties(title=f"feature {feature}: activations on {table.tokens} context tokens")
-    )
-
-
-def comparison_html(result: ReplayResult, versus_splice: dict) -> str:
-    """Two rows: the edited run against the unedited model, and against the plain splice."""
-    rows = [
-        (
-            "vs unedited model",
-            result.ce_base,
-            result.ce_edited,
-            result.ce_delta,
-            result.kl,
-            result.top1_agreement,
-        ),
-        (
-            "vs plain splice",
-            versus_splice["ce_reference"],
-            versus_splice["ce_edited"],
-            versus_splice["ce_delta"],
-            versus_splice["kl"],
-            versus_splice["top1_agreement"],
-        ),
-    ]
-    head = "".join(
-        f"<th style='padding:0 8px'>{k}</th>"
-        for k in ("effect of the edit", "CE reference", "CE edited", "Δ CE", "KL", "top-1 agreement")
-    )
-    body = "".join(
-        f"<tr><th style='padding:0 8px;text-align:left'>{name}</th>"
-        f"<td class='wb-metric' style='padding:0 8px'>{ref:.4f}</td>"
-        f"<td class='wb-metric' style='padding:0 8px'>{edited:.4f}</td>"
-        f"<td class='wb-metric' style='padding:0 8px'>{delta:+.4f}</td>"
-        f"<td class='wb-metric' style='padding:0 8px'>{kl:.4f}</td>"
-        f"<td class='wb-metric' style='padding:0 8px'>{agree:.1%}</td></tr>"
-        for name, ref, edited, delta, kl, agree in rows
-    )
-    return f"<table class='wb-metrics'><tr>{head}</tr>{body}</table>"
 
 
 class FeatureExplorer(W.VBox):
