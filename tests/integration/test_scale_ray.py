@@ -10,16 +10,12 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import threading
-import time
 from pathlib import Path
 
 import pytest
 import ray
 import torch
-from gated_probe import GatedProbe
+from gated_probe import capture_killed_at_gate
 
 from workbench.cli import main
 from workbench.corpus import windows_for
@@ -98,36 +94,23 @@ def test_a_killed_worker_leaves_its_range_to_resume(cluster, tmp_path):
 
     store, gate = tmp_path / "two", tmp_path / "gate"
     workers = Workers(2, max_retries=0)  # no automatic rerun: the kill must surface
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        probe = GatedProbe(hooks, gate=str(gate))
-        try:
-            sharded_capture(
-                handle,
-                windows,
-                [probe],
-                store,
-                info,
-                workers=workers,
-                batch_size=2,
-                tokens_per_shard=per_shard,
-                progress=False,
-            )
-        except BaseException as err:  # noqa: BLE001 -- handed to the test thread
-            failure.append(err)
-
-    driver = threading.Thread(target=run)
-    driver.start()
-    deadline = time.monotonic() + 240
-    while not (gate.is_file() and gate.read_text()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert gate.is_file(), "no worker reached the gate"
-    os.kill(int(gate.read_text()), signal.SIGKILL)
-    driver.join(240)
-    assert not driver.is_alive()
-    assert failure and isinstance(failure[0], WorkbenchError), failure
-    assert "--resume" in str(failure[0]) and "1 of 2 capture ranges failed" in str(failure[0])
+    error = capture_killed_at_gate(
+        lambda probe: sharded_capture(
+            handle,
+            windows,
+            [probe],
+            store,
+            info,
+            workers=workers,
+            batch_size=2,
+            tokens_per_shard=per_shard,
+            progress=False,
+        ),
+        hooks,
+        gate,
+    )
+    assert isinstance(error, WorkbenchError), error
+    assert "--resume" in str(error) and "1 of 2 capture ranges failed" in str(error)
 
     manifest = json.loads((store / "store.json").read_text())
     status = [r["status"] for r in manifest["ranges"]]

@@ -13,16 +13,13 @@ import json
 import logging
 import os
 import shutil
-import signal
-import threading
-import time
 import uuid
 
 import pytest
 import ray
 import s3fs
 import torch
-from gated_probe import GatedProbe
+from gated_probe import capture_killed_at_gate
 from moto.server import ThreadedMotoServer
 from safetensors.torch import load_file
 
@@ -123,33 +120,22 @@ def test_a_killed_worker_resumes_from_its_staged_shards(bucket, tmp_path):
     )
     url, gate = f"{bucket}/kill", tmp_path / "gate"
     workers = Workers(2, max_retries=0)
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            sharded_capture(
-                handle,
-                windows,
-                [GatedProbe(hooks, gate=str(gate))],
-                url,
-                info,
-                workers=workers,
-                batch_size=2,
-                tokens_per_shard=per_shard,
-                progress=False,
-            )
-        except BaseException as err:  # noqa: BLE001 -- handed to the test thread
-            failure.append(err)
-
-    driver = threading.Thread(target=run)
-    driver.start()
-    deadline = time.monotonic() + 240
-    while not (gate.is_file() and gate.read_text()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert gate.is_file(), "no worker reached the gate"
-    os.kill(int(gate.read_text()), signal.SIGKILL)
-    driver.join(240)
-    assert failure and isinstance(failure[0], WorkbenchError) and "--resume" in str(failure[0]), failure
+    error = capture_killed_at_gate(
+        lambda probe: sharded_capture(
+            handle,
+            windows,
+            [probe],
+            url,
+            info,
+            workers=workers,
+            batch_size=2,
+            tokens_per_shard=per_shard,
+            progress=False,
+        ),
+        hooks,
+        gate,
+    )
+    assert isinstance(error, WorkbenchError) and "--resume" in str(error), error
 
     manifest = Remote(url).read_json("store.json")
     status = [r["status"] for r in manifest["ranges"]]
