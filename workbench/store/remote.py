@@ -44,8 +44,9 @@ def _key(url: str) -> str:
 
 
 def staging_folder(url: str) -> Path:
-    """The local folder where a store bound for `url` is written before upload (the same path on every
-    machine that shares $WORKBENCH_CACHE's layout)."""
+    """The local folder where a store (or one range of it) bound for `url` is written before upload;
+    `url` may carry a `#suffix` that tells apart two captures to the same URL
+    (`Coordinator.range_staging_key`). It lies under this machine's workbench cache."""
     return cache_dir() / "staging" / _key(url)
 
 
